@@ -1,0 +1,16 @@
+"""Make the repository importable as the collection `ansible_collections.polylith.synapse`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+COLLECTIONS = ROOT / ".collections"
+LINK = COLLECTIONS / "ansible_collections" / "polylith" / "synapse"
+
+if not LINK.exists():
+    LINK.parent.mkdir(parents=True, exist_ok=True)
+    LINK.symlink_to(ROOT, target_is_directory=True)
+if str(COLLECTIONS) not in sys.path:
+    sys.path.insert(0, str(COLLECTIONS))
