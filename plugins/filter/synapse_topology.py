@@ -1,0 +1,47 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) polylith.synapse contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Filters that turn the worker list into a whole Synapse deployment.
+
+The logic lives in plugin_utils/topology.py (plain Python, unit-tested); this
+file only exposes it to Jinja. Each filter's documentation is in the YAML file
+of the same name beside this one.
+"""
+
+from __future__ import annotations
+
+from ansible_collections.polylith.synapse.plugins.plugin_utils.topology import (
+    build_topology,
+)
+
+
+def synapse_topology(workers=None, **options):
+    """The whole derived deployment; see synapse_topology.yml."""
+    return build_topology(workers, **options)
+
+
+def synapse_instance_map(workers=None, **options):
+    """The `instance_map` homeserver setting (empty without workers)."""
+    return build_topology(workers, **options)["shared_config"].get("instance_map", {})
+
+
+def synapse_stream_writers(workers=None, **options):
+    """The `stream_writers` homeserver setting (empty when main writes every stream)."""
+    return build_topology(workers, **options)["shared_config"].get("stream_writers", {})
+
+
+def synapse_nginx_routes(workers=None, **options):
+    """nginx upstreams and ordered routes."""
+    return build_topology(workers, **options)["nginx"]
+
+
+class FilterModule:
+    """polylith.synapse topology filters."""
+
+    def filters(self):
+        return {
+            "synapse_topology": synapse_topology,
+            "synapse_instance_map": synapse_instance_map,
+            "synapse_stream_writers": synapse_stream_writers,
+            "synapse_nginx_routes": synapse_nginx_routes,
+        }

@@ -1,0 +1,476 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) polylith.synapse contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Derive a whole worker deployment from one worker list.
+
+``build_topology`` validates the operator's worker list and returns everything
+the roles render: each worker instance with its host, listeners and own
+config; the homeserver settings the workers imply; and nginx's upstreams and
+ordered routes. It is plain Python over plain data, so the unit tests call it
+directly. Every error is raised before any host is touched and names the
+worker, the problem and the fix.
+"""
+
+from __future__ import annotations
+
+import re
+
+from ansible.errors import AnsibleFilterError
+
+from ansible_collections.polylith.synapse.plugins.plugin_utils.worker_catalogue import (
+    BALANCE_KEYS,
+    PROXY_DENIED_PATTERNS,
+    ROUTE_PRIORITY,
+    SINGLE_WRITER_STREAMS,
+    WORKER_TYPES,
+)
+from ansible_collections.polylith.synapse.plugins.plugin_utils.worker_presets import (
+    PRESETS,
+)
+
+MAIN_INSTANCE = "main"
+RESERVED_NAMES = frozenset({"main", "master"})
+NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+ENTRY_KEYS = ("name", "types", "count", "hosts", "port")
+
+DEFAULT_SOCKET_DIR = "/run/matrix-synapse"
+DEFAULT_MAIN_PORT = 8008
+DEFAULT_MAIN_REPLICATION_PORT = 9093
+DEFAULT_WORKER_PORT_BASE = 8101
+DEFAULT_REPLICATION_PORT_BASE = 9101
+
+
+def _fail(message: str) -> None:
+    raise AnsibleFilterError(f"synapse_topology: {message}")
+
+
+def _known(values) -> str:
+    return ", ".join(sorted(values))
+
+
+def resolve_workers(workers, preset):
+    """The worker list: the operator's own, else the named preset's."""
+    if workers is not None:
+        return workers
+    name = preset or "monolith"
+    if name not in PRESETS:
+        _fail(
+            f"unknown synapse_worker_preset {name!r}. Use one of: {_known(PRESETS)}, "
+            "or set synapse_workers to your own list."
+        )
+    return [dict(entry) for entry in PRESETS[name].workers]
+
+
+def _check_entry(index, entry, hosts, main_host):
+    """Validate one worker-list entry and return it normalised."""
+    where = f"synapse_workers[{index}]"
+    if not isinstance(entry, dict):
+        _fail(
+            f"{where} is a {type(entry).__name__}, expected a mapping such as "
+            "{name: sync, types: [synchrotron]}."
+        )
+    name = entry.get("name")
+    if name is not None:
+        where = f"worker {name!r} ({where})"
+    unknown = sorted(set(entry) - set(ENTRY_KEYS))
+    if unknown:
+        _fail(
+            f"{where} has unknown key(s) {', '.join(unknown)}; the keys are "
+            f"{', '.join(ENTRY_KEYS)}."
+        )
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        _fail(
+            f"{where} needs a name matching [a-z][a-z0-9_]* (got {name!r}); "
+            "rename it, e.g. 'sync' or 'federation_sender'."
+        )
+    if name in RESERVED_NAMES:
+        _fail(
+            f"{where}: the name {name!r} is reserved for Synapse's main process; "
+            "choose another name."
+        )
+
+    types = entry.get("types")
+    if isinstance(types, str):
+        types = [types]
+    if not isinstance(types, (list, tuple)) or not types:
+        _fail(
+            f"{where} needs 'types', a non-empty list of worker types. Known types: "
+            f"{_known(WORKER_TYPES)}."
+        )
+    for worker_type in types:
+        if worker_type not in WORKER_TYPES:
+            _fail(
+                f"{where} has unknown type {worker_type!r}. Known types: "
+                f"{_known(WORKER_TYPES)}."
+            )
+    if len(set(types)) != len(types):
+        _fail(f"{where} lists a type twice in {list(types)}; list each type once.")
+
+    count = entry.get("count", 1)
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        _fail(f"{where} has count {count!r}; count must be a whole number of 1 or more.")
+
+    placement = entry.get("hosts", [main_host])
+    if isinstance(placement, str):
+        placement = [placement]
+    if not isinstance(placement, (list, tuple)) or not placement:
+        _fail(f"{where} has 'hosts' {placement!r}; give a non-empty list of inventory hosts.")
+    for host in placement:
+        if host not in hosts:
+            _fail(
+                f"{where} is placed on {host!r}, which is not in the inventory "
+                f"hosts given ({_known(hosts)}); fix the name or add the host."
+            )
+
+    port = entry.get("port")
+    if port is not None and (
+        isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535 - count
+    ):
+        _fail(f"{where} has port {port!r}; give a TCP port from 1 to {65535 - count}.")
+
+    return {
+        "name": name,
+        "types": list(types),
+        "count": count,
+        "hosts": list(placement),
+        "port": port,
+    }
+
+
+def _expand(entries):
+    """Every instance, in list order: sync x3 -> sync1, sync2, sync3."""
+    instances = []
+    owner = {}
+    for entry in entries:
+        for number in range(1, entry["count"] + 1):
+            name = entry["name"] if entry["count"] == 1 else f"{entry['name']}{number}"
+            if name in owner:
+                _fail(
+                    f"worker {entry['name']!r} expands to instance {name!r}, which worker "
+                    f"{owner[name]!r} already names; rename one of them."
+                )
+            owner[name] = entry["name"]
+            host = entry["hosts"][(number - 1) % len(entry["hosts"])]
+            port = entry["port"] + number - 1 if entry["port"] is not None else None
+            instances.append(
+                {
+                    "name": name,
+                    "group": entry["name"],
+                    "types": entry["types"],
+                    "host": host,
+                    "port": port,
+                }
+            )
+    return instances
+
+
+def _check_exclusive(instances):
+    """Single-writer streams and singleton duties may have one instance only."""
+    for stream in sorted(SINGLE_WRITER_STREAMS):
+        writers = [i["name"] for i in instances if _writes(i, stream)]
+        if len(writers) > 1:
+            _fail(
+                f"workers {', '.join(writers)} all write the {stream!r} stream, which "
+                f"Synapse allows only one instance to write; keep the {stream!r} type "
+                "on a single worker with count 1."
+            )
+    for worker_type in WORKER_TYPES.values():
+        members = [i["name"] for i in instances if worker_type.name in i["types"]]
+        if not worker_type.shardable and len(members) > 1:
+            _fail(
+                f"workers {', '.join(members)} all have type {worker_type.name!r}, a duty "
+                "Synapse runs on one instance only; keep it on a single worker with count 1."
+            )
+        if worker_type.same_host and len({i["host"] for i in instances if i["name"] in members}) > 1:
+            placed = ", ".join(f"{i['name']} on {i['host']}" for i in instances if i["name"] in members)
+            _fail(
+                f"{worker_type.name} instances must share one host (they share the media "
+                f"store), but they are placed as {placed}; give them one host."
+            )
+
+
+def _writes(instance, stream):
+    return any(stream in WORKER_TYPES[t].streams for t in instance["types"])
+
+
+class _Listeners:
+    """Chooses UNIX sockets or TCP and hands out ports, refusing clashes."""
+
+    def __init__(self, hosts, socket_dir):
+        self.hosts = hosts
+        self.socket_dir = socket_dir.rstrip("/")
+        self.taken = {}
+
+    def _claim(self, host, key, owner):
+        if (host, key) in self.taken:
+            _fail(
+                f"{owner} and {self.taken[(host, key)]} both listen on {key} on host "
+                f"{host!r}; give one of them another port (the 'port' key) or name."
+            )
+        self.taken[(host, key)] = owner
+
+    def make(self, owner, host, purpose, resources, unix, port):
+        if unix:
+            suffix = "" if purpose == "http" else f"-{purpose}"
+            path = f"{self.socket_dir}/{owner}{suffix}.sock"
+            self._claim(host, path, owner)
+            listener = {"purpose": purpose, "path": path, "upstream_server": f"unix:{path}"}
+            config = {"type": "http", "path": path}
+        else:
+            address = self.hosts[host]
+            self._claim(host, f"port {port}", owner)
+            listener = {
+                "purpose": purpose,
+                "address": address,
+                "port": port,
+                "upstream_server": f"{_bracket(address)}:{port}",
+            }
+            config = {"type": "http", "port": port, "bind_addresses": [address]}
+        if purpose == "http" and resources != ["health"]:
+            config["x_forwarded"] = True
+        config["resources"] = [{"names": list(resources), "compress": False}]
+        listener["resources"] = list(resources)
+        return listener, config
+
+
+def _bracket(address):
+    return f"[{address}]" if ":" in address else address
+
+
+def _location(listener):
+    if "path" in listener:
+        return {"path": listener["path"]}
+    return {"host": listener["address"], "port": listener["port"]}
+
+
+def build_topology(
+    workers=None,
+    main_host=None,
+    hosts=None,
+    socket_dir=DEFAULT_SOCKET_DIR,
+    preset=None,
+    proxy_hosts=None,
+    main_port=DEFAULT_MAIN_PORT,
+    main_replication_port=DEFAULT_MAIN_REPLICATION_PORT,
+    port_base=DEFAULT_WORKER_PORT_BASE,
+    replication_port_base=DEFAULT_REPLICATION_PORT_BASE,
+):
+    """Validate the worker list and derive the whole deployment from it.
+
+    ``hosts`` maps inventory host names to the address other hosts reach them
+    at; ``main_host`` runs the main process; ``proxy_hosts`` run nginx (default:
+    the main host). Listeners use UNIX sockets in ``socket_dir`` where every
+    process that connects to them shares the listener's host, and TCP on the
+    host's address where one does not.
+    """
+    if hosts is None:
+        hosts = {main_host or "localhost": "127.0.0.1"}
+    if not isinstance(hosts, dict) or not hosts:
+        _fail("'hosts' must map inventory host names to addresses, e.g. {app1: 10.0.0.2}.")
+    if main_host is None:
+        if len(hosts) != 1:
+            _fail(f"give main_host, one of the inventory hosts {_known(hosts)}.")
+        main_host = next(iter(hosts))
+    if main_host not in hosts:
+        _fail(f"main_host {main_host!r} is not among the inventory hosts ({_known(hosts)}).")
+    proxy_hosts = list(proxy_hosts) if proxy_hosts else [main_host]
+    for host in proxy_hosts:
+        if host not in hosts:
+            _fail(f"proxy host {host!r} is not among the inventory hosts ({_known(hosts)}).")
+    if not isinstance(socket_dir, str) or not socket_dir.startswith("/"):
+        _fail(f"socket_dir must be an absolute path, got {socket_dir!r}.")
+
+    workers = resolve_workers(workers, preset)
+    if not isinstance(workers, (list, tuple)):
+        _fail(
+            f"synapse_workers must be a list of workers, got a {type(workers).__name__}; "
+            "see the README's 'Describing workers'."
+        )
+    entries = [_check_entry(i, e, hosts, main_host) for i, e in enumerate(workers)]
+    seen = set()
+    for entry in entries:
+        if entry["name"] in seen:
+            _fail(f"two workers are named {entry['name']!r}; worker names must be unique.")
+        seen.add(entry["name"])
+    instances = _expand(entries)
+    _check_exclusive(instances)
+
+    synapse_hosts = {main_host} | {i["host"] for i in instances}
+    replication_over_unix = len(synapse_hosts) == 1
+    listeners = _Listeners(hosts, socket_dir)
+
+    main_listeners = [
+        listeners.make(
+            MAIN_INSTANCE,
+            main_host,
+            "http",
+            ["client", "federation"],
+            proxy_hosts == [main_host],
+            main_port,
+        )
+    ]
+    if instances:
+        main_listeners.append(
+            listeners.make(
+                MAIN_INSTANCE,
+                main_host,
+                "replication",
+                ["replication"],
+                replication_over_unix,
+                main_replication_port,
+            )
+        )
+    main = {
+        "name": MAIN_INSTANCE,
+        "host": main_host,
+        "listeners": [listener for listener, _ in main_listeners],
+        # The `listeners` key of homeserver.yaml.
+        "config": {"listeners": [conf for _, conf in main_listeners]},
+    }
+
+    expanded = []
+    for slot, instance in enumerate(instances):
+        types = [WORKER_TYPES[t] for t in instance["types"]]
+        resources = sorted({r for t in types for r in t.resources})
+        public = bool(resources)
+        http = listeners.make(
+            instance["name"],
+            instance["host"],
+            "http",
+            resources or ["health"],
+            # A health-only listener is reached from its own host alone.
+            (proxy_hosts == [instance["host"]]) if public else True,
+            instance["port"] if instance["port"] is not None else port_base + slot,
+        )
+        worker_listeners = [http]
+        if any(t.needs_replication_listener for t in types):
+            worker_listeners.append(
+                listeners.make(
+                    instance["name"],
+                    instance["host"],
+                    "replication",
+                    ["replication"],
+                    replication_over_unix,
+                    replication_port_base + slot,
+                )
+            )
+        config = {
+            "worker_app": types[0].worker_app,
+            "worker_name": instance["name"],
+            "worker_listeners": [conf for _, conf in worker_listeners],
+        }
+        for worker_type in types:
+            config.update(worker_type.worker_settings)
+        expanded.append(
+            {
+                "name": instance["name"],
+                "group": instance["group"],
+                "types": instance["types"],
+                "worker_app": config["worker_app"],
+                "host": instance["host"],
+                "listeners": [listener for listener, _ in worker_listeners],
+                "config": config,
+            }
+        )
+
+    shared = _shared_config(main, expanded)
+    return {
+        "main": main,
+        "workers": expanded,
+        "shared_config": shared,
+        "nginx": _nginx(main, expanded),
+        "hosts": {
+            host: [w["name"] for w in expanded if w["host"] == host] for host in hosts
+        },
+        "process_count": 1 + len(expanded),
+    }
+
+
+def _replication(process):
+    for listener in process["listeners"]:
+        if listener["purpose"] == "replication":
+            return listener
+    return None
+
+
+def _shared_config(main, workers):
+    """Every homeserver.yaml key the worker list implies."""
+    if not workers:
+        return {}
+    shared = {"instance_map": {MAIN_INSTANCE: _location(_replication(main))}}
+    stream_writers = {}
+    for worker in workers:
+        replication = _replication(worker)
+        if replication is not None:
+            shared["instance_map"][worker["name"]] = _location(replication)
+        for type_name in worker["types"]:
+            worker_type = WORKER_TYPES[type_name]
+            for stream in worker_type.streams:
+                stream_writers.setdefault(stream, []).append(worker["name"])
+            for setting in worker_type.instance_lists:
+                shared.setdefault(setting, []).append(worker["name"])
+            for setting in worker_type.duties:
+                # The first instance takes a duty that may only run once.
+                shared.setdefault(setting, worker["name"])
+            shared.update(worker_type.shared_settings)
+    if stream_writers:
+        shared["stream_writers"] = stream_writers
+    return shared
+
+
+def _nginx(main, workers):
+    """nginx upstreams and ordered routes: first match wins, else main."""
+    main_upstream = "synapse_main"
+    upstreams = {
+        main_upstream: {
+            "servers": [main["listeners"][0]["upstream_server"]],
+            "balance": None,
+            "hash_key": None,
+        }
+    }
+    routes = []
+    seen_patterns = set()
+    for type_name in ROUTE_PRIORITY:
+        members = [w for w in workers if type_name in w["types"]]
+        if not members:
+            continue
+        servers = [w["listeners"][0]["upstream_server"] for w in members]
+        endpoints = WORKER_TYPES[type_name].endpoints
+        for group in endpoints:
+            # synapse_<type>, or synapse_<type>_by_<balance> for a group that
+            # balances unlike the type's first group.
+            upstream = f"synapse_{type_name}"
+            if group.balance != endpoints[0].balance:
+                upstream += f"_by_{group.balance}"
+            upstreams[upstream] = {
+                "servers": servers,
+                "balance": group.balance,
+                "hash_key": BALANCE_KEYS[group.balance]["variable"]
+                if group.balance in BALANCE_KEYS
+                else None,
+            }
+            for pattern in group.patterns:
+                if pattern in seen_patterns:
+                    continue
+                seen_patterns.add(pattern)
+                routes.append(
+                    {"pattern": pattern, "upstream": upstream, "worker_type": type_name}
+                )
+    used = {u["balance"] for u in upstreams.values()}
+    return {
+        "upstreams": upstreams,
+        "routes": routes,
+        "default_upstream": main_upstream,
+        "denied_patterns": list(PROXY_DENIED_PATTERNS),
+        # nginx `map` blocks that compute the hash keys the upstreams use.
+        "maps": [
+            {
+                "source": m["source"],
+                "variable": m["variable"],
+                "default": m["default"],
+                "cases": [{"pattern": p, "value": v} for p, v in m["cases"]],
+            }
+            for method in sorted(used & set(BALANCE_KEYS))
+            for m in BALANCE_KEYS[method]["maps"]
+        ],
+    }

@@ -1,0 +1,457 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) polylith.synapse contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The worker-type catalogue: the one place where Synapse worker types are written.
+
+Each entry says, for one worker type of Synapse 1.163:
+
+* which ``worker_app`` it runs and which HTTP listener resources it serves;
+* the request paths (Synapse's own regexes) a reverse proxy should send to it,
+  grouped by how requests should be balanced over several instances;
+* the replication streams it writes (``stream_writers``);
+* the homeserver-wide settings it implies (``*_instances`` lists and the
+  ``*_from_worker`` / ``run_background_tasks_on`` duties);
+* whether more than one instance of it may run.
+
+Type names are those of Synapse's ``docker/configure_workers_and_start.py``;
+endpoint regexes follow ``docs/workers.md`` of the 1.163.2 release, with the
+unstable thread-subscription paths taken from
+``synapse/rest/client/thread_subscriptions.py``. Which streams accept a single
+writer only is read from ``synapse/config/workers.py``.
+
+Nothing else in the collection repeats these facts: the topology filter, the
+templates, the README table and the tests all read them from here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+GENERIC_WORKER_APP = "synapse.app.generic_worker"
+
+# How requests for a group of endpoints are spread over several instances.
+# The nginx role turns each into an upstream balancing directive.
+BALANCE_METHODS = {
+    "least_conn": "the instance with the fewest open connections",
+    "user": "sticky by the user of the access token (`hash` of the token's localpart)",
+    "origin": "sticky by the sending server (`hash` of the X-Matrix origin)",
+    "room": "sticky by the room ID in the request path",
+}
+
+# How nginx derives the hash key of each sticky balance method: maps from a
+# request property to the key variable named by "variable". Access tokens look
+# like syt_<localpart>_..., federation requests carry `X-Matrix origin=...`.
+BALANCE_KEYS = {
+    "user": {
+        "variable": "$synapse_balance_user",
+        "maps": (
+            {
+                "source": "$arg_access_token",
+                "variable": "$synapse_balance_user_from_query",
+                "default": "$arg_access_token",
+                "cases": (("~syt_(?<user>.*?)_.*", "$user"),),
+            },
+            {
+                "source": "$http_authorization",
+                "variable": "$synapse_balance_user",
+                "default": "$http_authorization",
+                "cases": (
+                    ("~Bearer syt_(?<user>.*?)_.*", "$user"),
+                    ("", "$synapse_balance_user_from_query"),
+                ),
+            },
+        ),
+    },
+    "origin": {
+        "variable": "$synapse_balance_origin",
+        "maps": (
+            {
+                "source": "$http_authorization",
+                "variable": "$synapse_balance_origin",
+                "default": "$remote_addr",
+                "cases": ((r"~X-Matrix\s.*origin=\W?(?<origin>[\w.:\-\[\]]+)", "$origin"),),
+            },
+        ),
+    },
+    "room": {
+        "variable": "$synapse_balance_room",
+        "maps": (
+            {
+                "source": "$uri",
+                "variable": "$synapse_balance_room",
+                "default": "$uri",
+                "cases": (
+                    ("~^/_matrix/client/(?:api/v1|[^/]+)/(?:rooms|join|knock)/(?<room>[^/]+)", "$room"),
+                ),
+            },
+        ),
+    },
+}
+
+# Streams that Synapse 1.163 lets only one instance write
+# (synapse/config/workers.py: "Must only specify one instance to handle ...").
+SINGLE_WRITER_STREAMS = frozenset(
+    {"typing", "to_device", "account_data", "presence", "push_rules"}
+)
+
+# Streams that accept several writers.
+MULTI_WRITER_STREAMS = frozenset(
+    {
+        "events",
+        "receipts",
+        "device_lists",
+        "thread_subscriptions",
+        "quarantined_media_changes",
+    }
+)
+
+# Paths the reverse proxy must never forward: replication is unauthenticated
+# and unencrypted (docs/workers.md, "Shared configuration").
+PROXY_DENIED_PATTERNS = ("^/_synapse/replication/",)
+
+# A prefix shared by many client-server regexes below.
+_C = "^/_matrix/client/(api/v1|r0|v3|unstable)"
+_C3 = "^/_matrix/client/(r0|v3|unstable)"
+
+
+@dataclass(frozen=True)
+class EndpointGroup:
+    """Request paths served together and balanced the same way."""
+
+    title: str
+    patterns: tuple[str, ...]
+    balance: str = "least_conn"
+
+
+@dataclass(frozen=True)
+class WorkerType:
+    """One worker type and everything Synapse needs to know about it."""
+
+    name: str
+    summary: str
+    # HTTP listener resources for traffic from the reverse proxy.
+    resources: tuple[str, ...] = ()
+    endpoints: tuple[EndpointGroup, ...] = ()
+    # Replication streams this type writes (keys of `stream_writers`).
+    streams: tuple[str, ...] = ()
+    # Homeserver list settings every instance of the type is appended to.
+    instance_lists: tuple[str, ...] = ()
+    # Homeserver settings naming the ONE instance that performs a duty.
+    duties: tuple[str, ...] = ()
+    # Homeserver settings set to a fixed value when the type is present.
+    shared_settings: dict = field(default_factory=dict)
+    # Settings written into each instance's own worker config.
+    worker_settings: dict = field(default_factory=dict)
+    # False where Synapse allows one instance only.
+    shardable: bool = True
+    # True where every instance must share one host (the media store).
+    same_host: bool = False
+    worker_app: str = GENERIC_WORKER_APP
+
+    @property
+    def needs_replication_listener(self) -> bool:
+        """Stream writers must be reachable over HTTP replication (instance_map)."""
+        return bool(self.streams)
+
+
+def _writer(name, stream, summary, patterns=(), title=None, balance="least_conn"):
+    """A worker type whose only job is writing one stream."""
+    endpoints = ()
+    if patterns:
+        endpoints = (EndpointGroup(title or f"{stream} requests", tuple(patterns), balance),)
+    return WorkerType(
+        name=name,
+        summary=summary,
+        resources=("client",) if patterns else (),
+        endpoints=endpoints,
+        streams=(stream,),
+        shardable=stream not in SINGLE_WRITER_STREAMS,
+    )
+
+
+_TYPES = (
+    # --- stream writers ---------------------------------------------------
+    _writer(
+        "typing",
+        "typing",
+        "Writes the typing stream and serves typing notifications.",
+        [f"{_C}/rooms/.*/typing"],
+    ),
+    _writer(
+        "to_device",
+        "to_device",
+        "Writes the to-device stream and serves sendToDevice.",
+        [f"{_C3}/sendToDevice/"],
+    ),
+    _writer(
+        "account_data",
+        "account_data",
+        "Writes the account data stream and serves tags and account data.",
+        [f"{_C3}/.*/tags", f"{_C3}/.*/account_data"],
+    ),
+    _writer(
+        "receipts",
+        "receipts",
+        "Writes the receipts stream and serves receipts and read markers.",
+        [f"{_C3}/rooms/.*/receipt", f"{_C3}/rooms/.*/read_markers"],
+    ),
+    _writer(
+        "presence",
+        "presence",
+        "Writes the presence stream and serves presence.",
+        [f"{_C}/presence/"],
+    ),
+    _writer(
+        "push_rules",
+        "push_rules",
+        "Writes the push rules stream and serves push rules.",
+        [f"{_C}/pushrules/"],
+    ),
+    _writer(
+        "device_lists",
+        "device_lists",
+        "Writes the device lists stream and serves device and key uploads.",
+        [
+            "^/_matrix/client/(r0|v3)/delete_devices$",
+            f"{_C}/devices(/|$)",
+            f"{_C3}/keys/upload",
+            f"{_C}/keys/device_signing/upload$",
+            f"{_C}/keys/signatures/upload$",
+        ],
+    ),
+    _writer(
+        "thread_subscriptions",
+        "thread_subscriptions",
+        "Writes the thread subscriptions stream and serves its (unstable) API.",
+        [
+            "^/_matrix/client/unstable/io.element.msc4306/",
+            "^/_matrix/client/unstable/io.element.msc4308/thread_subscriptions$",
+        ],
+    ),
+    WorkerType(
+        name="event_persister",
+        summary="Persists events (the events stream), sharded by room.",
+        streams=("events",),
+    ),
+    # --- media ------------------------------------------------------------
+    WorkerType(
+        name="media_repository",
+        summary=(
+            "Serves and stores media; the first instance runs the media "
+            "background jobs. Writes quarantined media changes."
+        ),
+        resources=("media",),
+        endpoints=(
+            EndpointGroup(
+                "Media repository",
+                (
+                    "^/_matrix/media/",
+                    "^/_matrix/client/v1/media/",
+                    "^/_matrix/federation/v1/media/",
+                    "^/_synapse/admin/v1/purge_media_cache$",
+                    "^/_synapse/admin/v1/room/.*/media.*$",
+                    "^/_synapse/admin/v1/user/.*/media.*$",
+                    "^/_synapse/admin/v1/media/.*$",
+                    "^/_synapse/admin/v1/quarantine_media/.*$",
+                    "^/_synapse/admin/v1/users/.*/media$",
+                ),
+            ),
+        ),
+        # The quarantine admin APIs are registered on media-capable workers
+        # only and must reach a writer of this stream (docs/workers.md).
+        streams=("quarantined_media_changes",),
+        duties=("media_instance_running_background_jobs",),
+        shared_settings={"enable_media_repo": False},
+        worker_settings={"enable_media_repo": True},
+        same_host=True,
+    ),
+    # --- request handlers ---------------------------------------------------
+    WorkerType(
+        name="synchrotron",
+        summary="Serves /sync and the legacy event stream, sticky by user.",
+        resources=("client",),
+        endpoints=(
+            EndpointGroup(
+                "Sync requests",
+                (
+                    "^/_matrix/client/(r0|v3)/sync$",
+                    "^/_matrix/client/(api/v1|r0|v3)/events$",
+                    "^/_matrix/client/(api/v1|r0|v3)/initialSync$",
+                    "^/_matrix/client/(api/v1|r0|v3)/rooms/[^/]+/initialSync$",
+                ),
+                balance="user",
+            ),
+        ),
+    ),
+    WorkerType(
+        name="federation_inbound",
+        summary="Receives federation transactions, sticky by sending server.",
+        resources=("federation",),
+        endpoints=(
+            EndpointGroup(
+                "Inbound federation transactions",
+                ("^/_matrix/federation/v1/send/",),
+                balance="origin",
+            ),
+        ),
+    ),
+    WorkerType(
+        name="federation_reader",
+        summary="Serves federation requests other than transactions and media.",
+        resources=("federation",),
+        endpoints=(
+            EndpointGroup(
+                "Federation requests",
+                (
+                    "^/_matrix/federation/v1/version$",
+                    "^/_matrix/federation/v1/event/",
+                    "^/_matrix/federation/v1/state/",
+                    "^/_matrix/federation/v1/state_ids/",
+                    "^/_matrix/federation/v1/backfill/",
+                    "^/_matrix/federation/v1/get_missing_events/",
+                    "^/_matrix/federation/v1/publicRooms",
+                    "^/_matrix/federation/v1/query/",
+                    "^/_matrix/federation/v1/make_join/",
+                    "^/_matrix/federation/v1/make_leave/",
+                    "^/_matrix/federation/(v1|v2)/send_join/",
+                    "^/_matrix/federation/(v1|v2)/send_leave/",
+                    "^/_matrix/federation/v1/make_knock/",
+                    "^/_matrix/federation/v1/send_knock/",
+                    "^/_matrix/federation/(v1|v2)/invite/",
+                    "^/_matrix/federation/v1/event_auth/",
+                    "^/_matrix/federation/v1/timestamp_to_event/",
+                    "^/_matrix/federation/v1/exchange_third_party_invite/",
+                    "^/_matrix/federation/v1/user/devices/",
+                    "^/_matrix/key/v2/query",
+                    "^/_matrix/federation/v1/hierarchy/",
+                ),
+            ),
+        ),
+    ),
+    WorkerType(
+        name="user_dir",
+        summary="Updates the user directory and serves its search.",
+        resources=("client",),
+        endpoints=(
+            EndpointGroup(
+                "User directory search",
+                (f"{_C3}/user_directory/search$",),
+            ),
+        ),
+        duties=("update_user_directory_from_worker",),
+        shardable=False,
+    ),
+    WorkerType(
+        name="event_creator",
+        summary="Creates events (send, state, membership, profile), sticky by room.",
+        resources=("client",),
+        endpoints=(
+            EndpointGroup(
+                "Event sending requests",
+                (
+                    f"{_C}/rooms/.*/redact",
+                    f"{_C}/rooms/.*/send",
+                    f"{_C}/rooms/.*/state/",
+                    f"{_C}/rooms/.*/(join|invite|leave|ban|unban|kick)$",
+                    f"{_C}/join/",
+                    f"{_C}/knock/",
+                    f"{_C}/profile/",
+                ),
+                balance="room",
+            ),
+        ),
+    ),
+    WorkerType(
+        name="client_reader",
+        summary="Serves the remaining client API a worker can handle.",
+        resources=("client",),
+        endpoints=(
+            EndpointGroup(
+                "Client API requests",
+                (
+                    f"{_C}/createRoom$",
+                    f"{_C}/publicRooms$",
+                    f"{_C}/rooms/.*/joined_members$",
+                    f"{_C}/rooms/.*/context/.*$",
+                    f"{_C}/rooms/.*/members$",
+                    f"{_C}/rooms/.*/state$",
+                    "^/_matrix/client/v1/rooms/.*/hierarchy$",
+                    "^/_matrix/client/(v1|unstable)/rooms/.*/relations/",
+                    "^/_matrix/client/v1/rooms/.*/threads$",
+                    "^/_matrix/client/unstable/im.nheko.summary/summary/.*$",
+                    "^/_matrix/client/v1/room_summary/.*$",
+                    f"{_C3}/account/3pid$",
+                    f"{_C3}/account/whoami$",
+                    f"{_C3}/account/deactivate$",
+                    "^/_matrix/client/(r0|v3)/delete_devices$",
+                    f"{_C}/devices(/|$)",
+                    "^/_matrix/client/versions$",
+                    f"{_C}/voip/turnServer$",
+                    f"{_C}/rooms/.*/event/",
+                    f"{_C}/joined_rooms$",
+                    "^/_matrix/client/v1/rooms/.*/timestamp_to_event$",
+                    "^/_matrix/client/(api/v1|r0|v3|unstable/.*)/rooms/.*/aliases",
+                    f"{_C}/search$",
+                    f"{_C3}/user/.*/filter(/|$)",
+                    f"{_C}/directory/room/.*$",
+                    f"{_C3}/capabilities$",
+                    f"{_C3}/notifications$",
+                    "^/_synapse/admin/v1/rooms/[^/]+$",
+                    f"{_C3}/keys/query$",
+                    f"{_C3}/keys/changes$",
+                    f"{_C3}/keys/claim$",
+                    f"{_C3}/room_keys/",
+                    f"{_C3}/keys/upload",
+                    f"{_C}/keys/device_signing/upload$",
+                    f"{_C}/keys/signatures/upload$",
+                    f"{_C}/login$",
+                    f"{_C3}/register$",
+                    f"{_C3}/register/available$",
+                    "^/_matrix/client/v1/register/m.login.registration_token/validity$",
+                    f"{_C3}/password_policy$",
+                    f"{_C3}/user_directory/search$",
+                    "^/_matrix/client/unstable/org.matrix.msc4140/delayed_events(/[^/]+(/restart)?)?$",
+                ),
+            ),
+            EndpointGroup(
+                "Room pagination (all requests for a room on one instance)",
+                (f"{_C}/rooms/.*/messages$",),
+                balance="room",
+            ),
+        ),
+    ),
+    # --- background duties ----------------------------------------------------
+    WorkerType(
+        name="federation_sender",
+        summary="Sends outbound federation traffic.",
+        instance_lists=("federation_sender_instances",),
+    ),
+    WorkerType(
+        name="pusher",
+        summary="Sends push notifications.",
+        instance_lists=("pusher_instances",),
+    ),
+    WorkerType(
+        name="appservice",
+        summary="Sends traffic to application services.",
+        duties=("notify_appservices_from_worker",),
+        shardable=False,
+    ),
+    WorkerType(
+        name="background_worker",
+        summary="Runs the periodic and replicated background tasks.",
+        duties=("run_background_tasks_on",),
+        shardable=False,
+    ),
+)
+
+# Route order: the first type in this tuple whose pattern matches wins. Stream
+# writers come first so their endpoints reach the writer even when a general
+# type (client_reader) also lists them; the catch-alls come last.
+ROUTE_PRIORITY = tuple(t.name for t in _TYPES)
+
+WORKER_TYPES: dict[str, WorkerType] = {t.name: t for t in _TYPES}
+
+# Homeserver settings that name ONE instance; a second candidate is an error
+# unless the type is shardable (then the first instance takes the duty).
+DUTY_SETTINGS = frozenset(d for t in _TYPES for d in t.duties)

@@ -1,0 +1,622 @@
+"""Unit tests of the topology filter: catalogue, derivation, routing and validation."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from ansible.errors import AnsibleFilterError
+
+from ansible_collections.polylith.synapse.plugins.filter.synapse_topology import (
+    FilterModule,
+)
+from ansible_collections.polylith.synapse.plugins.plugin_utils.topology import (
+    build_topology,
+)
+from ansible_collections.polylith.synapse.plugins.plugin_utils.worker_catalogue import (
+    BALANCE_KEYS,
+    BALANCE_METHODS,
+    MULTI_WRITER_STREAMS,
+    SINGLE_WRITER_STREAMS,
+    WORKER_TYPES,
+)
+from ansible_collections.polylith.synapse.plugins.plugin_utils.worker_presets import (
+    PRESETS,
+)
+
+ONE_HOST = {"hosts": {"app1": "10.0.0.1"}, "main_host": "app1"}
+THREE_HOSTS = {
+    "hosts": {"app1": "10.0.0.1", "app2": "10.0.0.2", "app3": "10.0.0.3"},
+    "main_host": "app1",
+}
+
+# One worker of every type; the single-writer streams each on their own worker.
+EVERY_TYPE = [{"name": name, "types": [name]} for name in WORKER_TYPES]
+
+
+def topology(workers, **options):
+    return build_topology(workers, **{**ONE_HOST, **options})
+
+
+def route(topo, path):
+    """Where nginx sends a path: (worker types of the upstream's servers, upstream)."""
+    nginx = topo["nginx"]
+    for pattern in nginx["denied_patterns"]:
+        if re.search(pattern, path):
+            return ("denied", None)
+    for item in nginx["routes"]:
+        if re.search(item["pattern"], path):
+            return (item["worker_type"], item["upstream"])
+    return ("main", nginx["default_upstream"])
+
+
+def worker(topo, name):
+    return next(w for w in topo["workers"] if w["name"] == name)
+
+
+def fails(workers, match, **options):
+    with pytest.raises(AnsibleFilterError, match=match):
+        topology(workers, **options)
+
+
+# --- the catalogue ------------------------------------------------------------
+
+
+def test_catalogue_has_every_docker_worker_type():
+    # The types of Synapse's docker/configure_workers_and_start.py.
+    assert set(WORKER_TYPES) == {
+        "pusher", "user_dir", "media_repository", "appservice", "federation_sender",
+        "synchrotron", "client_reader", "federation_reader", "federation_inbound",
+        "event_persister", "background_worker", "event_creator", "account_data",
+        "presence", "receipts", "to_device", "device_lists", "typing", "push_rules",
+        "thread_subscriptions",
+    }  # fmt: skip
+
+
+def test_catalogue_streams_are_the_ones_synapse_knows():
+    streams = {s for t in WORKER_TYPES.values() for s in t.streams}
+    assert streams == SINGLE_WRITER_STREAMS | MULTI_WRITER_STREAMS
+    for worker_type in WORKER_TYPES.values():
+        for stream in worker_type.streams:
+            assert worker_type.shardable == (stream in MULTI_WRITER_STREAMS), worker_type.name
+
+
+@pytest.mark.parametrize("name", sorted(WORKER_TYPES))
+def test_catalogue_entry_is_consistent(name):
+    worker_type = WORKER_TYPES[name]
+    assert worker_type.worker_app == "synapse.app.generic_worker"
+    assert worker_type.summary
+    assert set(worker_type.resources) <= {"client", "federation", "media"}
+    # A type with endpoints needs a listener resource to serve them, and back.
+    assert bool(worker_type.endpoints) == bool(worker_type.resources)
+    for group in worker_type.endpoints:
+        assert group.balance in BALANCE_METHODS
+        for pattern in group.patterns:
+            assert pattern.startswith("^/_"), pattern
+            re.compile(pattern)
+
+
+@pytest.mark.parametrize("name", sorted(WORKER_TYPES))
+def test_every_type_alone_derives_its_settings(name):
+    worker_type = WORKER_TYPES[name]
+    topo = topology([{"name": "w", "types": [name]}])
+    (only,) = topo["workers"]
+    shared = topo["shared_config"]
+    assert only["worker_app"] == worker_type.worker_app
+    assert only["config"]["worker_name"] == "w"
+    for key, value in worker_type.worker_settings.items():
+        assert only["config"][key] == value
+    for stream in worker_type.streams:
+        assert shared["stream_writers"][stream] == ["w"]
+    if worker_type.streams:
+        assert shared["instance_map"]["w"] == {"path": "/run/matrix-synapse/w-replication.sock"}
+    else:
+        assert "w" not in shared["instance_map"]
+        assert "stream_writers" not in shared
+    for setting in worker_type.instance_lists:
+        assert shared[setting] == ["w"]
+    for setting in worker_type.duties:
+        assert shared[setting] == "w"
+    for key, value in worker_type.shared_settings.items():
+        assert shared[key] == value
+    # Every endpoint of the type reaches it, through its own upstream.
+    for group in worker_type.endpoints:
+        for pattern in group.patterns:
+            matching = [r for r in topo["nginx"]["routes"] if r["pattern"] == pattern]
+            assert [r["worker_type"] for r in matching] == [name]
+            upstream = topo["nginx"]["upstreams"][matching[0]["upstream"]]
+            assert upstream["servers"] == ["unix:/run/matrix-synapse/w.sock"]
+            assert upstream["balance"] == group.balance
+    if not worker_type.endpoints:
+        assert topo["nginx"]["routes"] == []
+
+
+def test_monolith_has_no_workers_and_no_shared_settings():
+    topo = topology(None)
+    assert topo["workers"] == []
+    assert topo["shared_config"] == {}
+    assert topo["nginx"]["routes"] == []
+    assert topo["process_count"] == 1
+    assert topo["main"]["config"]["listeners"] == [
+        {
+            "type": "http",
+            "path": "/run/matrix-synapse/main.sock",
+            "x_forwarded": True,
+            "resources": [{"names": ["client", "federation"], "compress": False}],
+        }
+    ]
+
+
+def test_main_gets_a_replication_listener_once_there_are_workers():
+    topo = topology([{"name": "sync", "types": ["synchrotron"]}])
+    purposes = [listener["purpose"] for listener in topo["main"]["listeners"]]
+    assert purposes == ["http", "replication"]
+    assert topo["shared_config"]["instance_map"] == {
+        "main": {"path": "/run/matrix-synapse/main-replication.sock"}
+    }
+
+
+# --- routing: real request paths land on the right worker -----------------------
+
+ROUTED_PATHS = [
+    # Sync
+    ("/_matrix/client/v3/sync", "synchrotron"),
+    ("/_matrix/client/r0/sync", "synchrotron"),
+    ("/_matrix/client/v3/events", "synchrotron"),
+    ("/_matrix/client/v3/initialSync", "synchrotron"),
+    ("/_matrix/client/v3/rooms/!r:example.test/initialSync", "synchrotron"),
+    # Stream writers
+    ("/_matrix/client/v3/rooms/!r:example.test/typing/@u:example.test", "typing"),
+    ("/_matrix/client/v3/sendToDevice/m.room.encrypted/txn1", "to_device"),
+    ("/_matrix/client/v3/user/@u:example.test/account_data/m.direct", "account_data"),
+    ("/_matrix/client/v3/user/@u:example.test/rooms/!r:example.test/account_data/x", "account_data"),
+    ("/_matrix/client/v3/user/@u:example.test/rooms/!r:example.test/tags/u.work", "account_data"),
+    ("/_matrix/client/v3/rooms/!r:example.test/receipt/m.read/$e", "receipts"),
+    ("/_matrix/client/v3/rooms/!r:example.test/read_markers", "receipts"),
+    ("/_matrix/client/v3/presence/@u:example.test/status", "presence"),
+    ("/_matrix/client/v3/pushrules/global/override/rule1", "push_rules"),
+    ("/_matrix/client/v3/pushrules/", "push_rules"),
+    ("/_matrix/client/v3/keys/upload", "device_lists"),
+    ("/_matrix/client/v3/devices", "device_lists"),
+    ("/_matrix/client/v3/devices/ABCDEF", "device_lists"),
+    ("/_matrix/client/v3/delete_devices", "device_lists"),
+    ("/_matrix/client/v3/keys/device_signing/upload", "device_lists"),
+    ("/_matrix/client/v3/keys/signatures/upload", "device_lists"),
+    ("/_matrix/client/unstable/io.element.msc4306/rooms/!r/thread/$t/subscription", "thread_subscriptions"),
+    ("/_matrix/client/unstable/io.element.msc4308/thread_subscriptions", "thread_subscriptions"),
+    # Media
+    ("/_matrix/media/v3/upload", "media_repository"),
+    ("/_matrix/media/v3/download/example.test/abc", "media_repository"),
+    ("/_matrix/media/v3/thumbnail/example.test/abc", "media_repository"),
+    ("/_matrix/client/v1/media/download/example.test/abc", "media_repository"),
+    ("/_matrix/client/v1/media/thumbnail/example.test/abc", "media_repository"),
+    ("/_matrix/client/v1/media/config", "media_repository"),
+    ("/_matrix/federation/v1/media/download/abc", "media_repository"),
+    ("/_synapse/admin/v1/purge_media_cache", "media_repository"),
+    ("/_synapse/admin/v1/room/!r:example.test/media", "media_repository"),
+    ("/_synapse/admin/v1/room/!r:example.test/media/quarantine", "media_repository"),
+    ("/_synapse/admin/v1/user/@u:example.test/media/quarantine", "media_repository"),
+    ("/_synapse/admin/v1/media/quarantine/example.test/abc", "media_repository"),
+    ("/_synapse/admin/v1/quarantine_media/!r:example.test", "media_repository"),
+    ("/_synapse/admin/v1/users/@u:example.test/media", "media_repository"),
+    # Federation
+    ("/_matrix/federation/v1/send/1234", "federation_inbound"),
+    ("/_matrix/federation/v1/version", "federation_reader"),
+    ("/_matrix/federation/v1/event/$e", "federation_reader"),
+    ("/_matrix/federation/v1/state_ids/!r:example.test", "federation_reader"),
+    ("/_matrix/federation/v1/backfill/!r:example.test", "federation_reader"),
+    ("/_matrix/federation/v1/make_join/!r:example.test/@u:remote.test", "federation_reader"),
+    ("/_matrix/federation/v2/send_join/!r:example.test/$e", "federation_reader"),
+    ("/_matrix/federation/v2/invite/!r:example.test/$e", "federation_reader"),
+    ("/_matrix/federation/v1/query/profile", "federation_reader"),
+    ("/_matrix/federation/v1/user/devices/@u:example.test", "federation_reader"),
+    ("/_matrix/federation/v1/hierarchy/!r:example.test", "federation_reader"),
+    ("/_matrix/key/v2/query", "federation_reader"),
+    # User directory
+    ("/_matrix/client/v3/user_directory/search", "user_dir"),
+    # Event sending
+    ("/_matrix/client/v3/rooms/!r:example.test/send/m.room.message/txn1", "event_creator"),
+    ("/_matrix/client/v3/rooms/!r:example.test/state/m.room.name/", "event_creator"),
+    ("/_matrix/client/v3/rooms/!r:example.test/redact/$e/txn2", "event_creator"),
+    ("/_matrix/client/v3/rooms/!r:example.test/invite", "event_creator"),
+    ("/_matrix/client/v3/rooms/!r:example.test/join", "event_creator"),
+    ("/_matrix/client/v3/rooms/!r:example.test/leave", "event_creator"),
+    ("/_matrix/client/v3/join/#room:example.test", "event_creator"),
+    ("/_matrix/client/v3/knock/!r:example.test", "event_creator"),
+    ("/_matrix/client/v3/profile/@u:example.test/displayname", "event_creator"),
+    # Client reads
+    ("/_matrix/client/v3/createRoom", "client_reader"),
+    ("/_matrix/client/v3/publicRooms", "client_reader"),
+    ("/_matrix/client/v3/rooms/!r:example.test/members", "client_reader"),
+    ("/_matrix/client/v3/rooms/!r:example.test/state", "client_reader"),
+    ("/_matrix/client/v3/rooms/!r:example.test/messages", "client_reader"),
+    ("/_matrix/client/v3/rooms/!r:example.test/context/$e", "client_reader"),
+    ("/_matrix/client/v3/rooms/!r:example.test/event/$e", "client_reader"),
+    ("/_matrix/client/v1/rooms/!r:example.test/hierarchy", "client_reader"),
+    ("/_matrix/client/v1/rooms/!r:example.test/relations/$e", "client_reader"),
+    ("/_matrix/client/versions", "client_reader"),
+    ("/_matrix/client/v3/login", "client_reader"),
+    ("/_matrix/client/v3/register", "client_reader"),
+    ("/_matrix/client/v3/register/available", "client_reader"),
+    ("/_matrix/client/v3/account/whoami", "client_reader"),
+    ("/_matrix/client/v3/joined_rooms", "client_reader"),
+    ("/_matrix/client/v3/capabilities", "client_reader"),
+    ("/_matrix/client/v3/keys/query", "client_reader"),
+    ("/_matrix/client/v3/keys/claim", "client_reader"),
+    ("/_matrix/client/v3/room_keys/version", "client_reader"),
+    ("/_matrix/client/v3/user/@u:example.test/filter", "client_reader"),
+    ("/_matrix/client/v3/user/@u:example.test/filter/1", "client_reader"),
+    ("/_matrix/client/v3/directory/room/#room:example.test", "client_reader"),
+    ("/_matrix/client/v3/search", "client_reader"),
+    ("/_synapse/admin/v1/rooms/!r:example.test", "client_reader"),
+    ("/_matrix/client/unstable/org.matrix.msc4140/delayed_events", "client_reader"),
+    # The main process: admin, logout, unknown paths
+    ("/_synapse/admin/v2/users/@u:example.test", "main"),
+    ("/_synapse/admin/v1/register", "main"),
+    ("/_matrix/client/v3/logout", "main"),
+    ("/_matrix/client/v3/account/password", "main"),
+    ("/_matrix/client/v3/rooms/!r:example.test/upgrade", "main"),
+    ("/_matrix/client/v3/no_such_endpoint", "main"),
+    ("/", "main"),
+    # Replication never leaves the host through the proxy
+    ("/_synapse/replication/send_event/abc", "denied"),
+]
+
+
+@pytest.mark.parametrize(("path", "expected"), ROUTED_PATHS)
+def test_real_paths_reach_the_right_worker_type(path, expected):
+    worker_type, upstream = route(topology(EVERY_TYPE), path)
+    assert worker_type == expected
+    if expected not in ("main", "denied"):
+        servers = topology(EVERY_TYPE)["nginx"]["upstreams"][upstream]["servers"]
+        assert servers == [f"unix:/run/matrix-synapse/{expected}.sock"]
+
+
+@pytest.mark.parametrize(("path", "expected"), ROUTED_PATHS)
+def test_monolith_sends_everything_but_replication_to_main(path, expected):
+    assert route(topology(None), path)[0] == ("denied" if expected == "denied" else "main")
+
+
+def test_stream_endpoints_fall_back_to_main_without_their_writer():
+    topo = topology([{"name": "reader", "types": ["client_reader"]}])
+    assert route(topo, "/_matrix/client/v3/rooms/!r:x/typing/@u:x")[0] == "main"
+    assert route(topo, "/_matrix/client/v3/sendToDevice/m.x/1")[0] == "main"
+    assert route(topo, "/_matrix/client/v3/pushrules/")[0] == "main"
+    # Endpoints any generic worker serves fall back to the general reader.
+    assert route(topo, "/_matrix/client/v3/keys/upload")[0] == "client_reader"
+    assert route(topo, "/_matrix/client/v3/user_directory/search")[0] == "client_reader"
+
+
+def test_routes_list_each_pattern_once_in_priority_order():
+    routes = topology(EVERY_TYPE)["nginx"]["routes"]
+    patterns = [r["pattern"] for r in routes]
+    assert len(patterns) == len(set(patterns))
+    # A pattern both device_lists and client_reader serve goes to the writer.
+    keys_upload = next(r for r in routes if r["pattern"].endswith("/keys/upload"))
+    assert keys_upload["worker_type"] == "device_lists"
+
+
+def test_balancing_follows_the_catalogue():
+    topo = topology(
+        [
+            {"name": "sync", "types": ["synchrotron"], "count": 2},
+            {"name": "inbound", "types": ["federation_inbound"], "count": 2},
+            {"name": "creator", "types": ["event_creator"], "count": 2},
+            {"name": "reader", "types": ["client_reader"], "count": 2},
+        ]
+    )
+    upstreams = topo["nginx"]["upstreams"]
+    assert upstreams["synapse_synchrotron"]["balance"] == "user"
+    assert upstreams["synapse_synchrotron"]["hash_key"] == BALANCE_KEYS["user"]["variable"]
+    assert upstreams["synapse_federation_inbound"]["balance"] == "origin"
+    assert upstreams["synapse_event_creator"]["balance"] == "room"
+    assert upstreams["synapse_client_reader"]["balance"] == "least_conn"
+    assert upstreams["synapse_client_reader"]["hash_key"] is None
+    assert upstreams["synapse_client_reader_by_room"]["balance"] == "room"
+    assert route(topo, "/_matrix/client/v3/rooms/!r:x/messages")[1] == "synapse_client_reader_by_room"
+    # Every hash key used has its nginx map, and only those.
+    variables = {m["variable"] for m in topo["nginx"]["maps"]}
+    for upstream in upstreams.values():
+        if upstream["hash_key"]:
+            assert upstream["hash_key"] in variables
+    assert {m["variable"] for m in topology(None)["nginx"]["maps"]} == set()
+
+
+def test_balance_key_maps_extract_the_key():
+    def apply(method, **request):
+        value = None
+        for item in BALANCE_KEYS[method]["maps"]:
+            source = request.get(item["source"], "")
+            value = item["default"]
+            for pattern, result in item["cases"]:
+                if pattern == "" and source == "":
+                    value = result
+                    break
+                # nginx (PCRE) writes named groups (?<x>...), Python (?P<x>...).
+                match = pattern and re.search(pattern.removeprefix("~").replace("(?<", "(?P<"), source)
+                if match:
+                    value = result.replace("$" + next(iter(match.groupdict())), match.group(1))
+                    break
+            request[item["variable"]] = request.get(value, value)
+        return request[BALANCE_KEYS[method]["variable"]]
+
+    assert apply("user", **{"$http_authorization": "Bearer syt_YWxpY2U_abc_def"}) == "YWxpY2U"
+    assert apply("user", **{"$arg_access_token": "syt_Ym9i_x_y"}) == "Ym9i"
+    assert (
+        apply("origin", **{"$http_authorization": 'X-Matrix origin="remote.test:8448",key="ed25519:a",sig="s"'})
+        == "remote.test:8448"
+    )
+    assert apply("origin", **{"$http_authorization": "X-Matrix origin=remote.test,key=k"}) == "remote.test"
+    assert apply("room", **{"$uri": "/_matrix/client/v3/rooms/!abc:x/messages"}) == "!abc:x"
+    assert apply("room", **{"$uri": "/_matrix/client/api/v1/rooms/!abc:x/send/m/1"}) == "!abc:x"
+    assert apply("room", **{"$uri": "/_matrix/client/v3/join/#a:x"}) == "#a:x"
+
+
+# --- expansion, placement and listeners -----------------------------------------
+
+
+def test_count_expands_names_and_places_round_robin():
+    topo = build_topology(
+        [{"name": "sync", "types": ["synchrotron"], "count": 3, "hosts": ["app2", "app3"]}],
+        **THREE_HOSTS,
+    )
+    assert [(w["name"], w["group"], w["host"]) for w in topo["workers"]] == [
+        ("sync1", "sync", "app2"),
+        ("sync2", "sync", "app3"),
+        ("sync3", "sync", "app2"),
+    ]
+    assert topo["hosts"] == {"app1": [], "app2": ["sync1", "sync3"], "app3": ["sync2"]}
+    assert topo["process_count"] == 4
+
+
+def test_workers_default_to_the_main_host():
+    topo = build_topology([{"name": "pusher", "types": ["pusher"]}], **THREE_HOSTS)
+    assert worker(topo, "pusher")["host"] == "app1"
+
+
+def test_single_host_uses_unix_sockets_everywhere():
+    topo = topology(EVERY_TYPE)
+    for process in [topo["main"], *topo["workers"]]:
+        for listener in process["listeners"]:
+            assert listener["path"].startswith("/run/matrix-synapse/"), process["name"]
+            assert "port" not in listener
+    for location in topo["shared_config"]["instance_map"].values():
+        assert set(location) == {"path"}
+
+
+def test_socket_dir_is_honoured():
+    topo = topology([{"name": "typing", "types": ["typing"]}], socket_dir="/run/synapse/")
+    assert topo["shared_config"]["instance_map"]["typing"] == {"path": "/run/synapse/typing-replication.sock"}
+
+
+def test_workers_on_other_hosts_use_tcp_on_inventory_addresses():
+    topo = build_topology(
+        [
+            {"name": "typing", "types": ["typing"], "hosts": ["app2"]},
+            {"name": "sender", "types": ["federation_sender"], "hosts": ["app3"]},
+            {"name": "sync", "types": ["synchrotron"]},
+        ],
+        **THREE_HOSTS,
+    )
+    instance_map = topo["shared_config"]["instance_map"]
+    assert instance_map["main"] == {"host": "10.0.0.1", "port": 9093}
+    assert instance_map["typing"] == {"host": "10.0.0.2", "port": 9101}
+    typing = worker(topo, "typing")
+    # nginx on app1 reaches the app2 worker over TCP, bound to app2's address.
+    assert typing["listeners"][0]["upstream_server"] == "10.0.0.2:8101"
+    assert typing["config"]["worker_listeners"][0]["bind_addresses"] == ["10.0.0.2"]
+    # The synchrotron shares nginx's host: its public listener stays a socket.
+    assert worker(topo, "sync")["listeners"][0]["upstream_server"] == "unix:/run/matrix-synapse/sync.sock"
+    # A worker with nothing to serve keeps a local health socket only.
+    (health,) = worker(topo, "sender")["listeners"]
+    assert health["resources"] == ["health"] and health["path"].endswith("/sender.sock")
+
+
+def test_remote_proxy_reaches_main_over_tcp():
+    topo = build_topology([], proxy_hosts=["app2"], **THREE_HOSTS)
+    assert topo["main"]["listeners"][0]["upstream_server"] == "10.0.0.1:8008"
+    assert topo["nginx"]["upstreams"]["synapse_main"]["servers"] == ["10.0.0.1:8008"]
+
+
+def test_ipv6_addresses_are_bracketed_for_nginx():
+    topo = build_topology(
+        [{"name": "sync", "types": ["synchrotron"], "hosts": ["app2"]}],
+        hosts={"app1": "fd00::1", "app2": "fd00::2"},
+        main_host="app1",
+    )
+    assert worker(topo, "sync")["listeners"][0]["upstream_server"] == "[fd00::2]:8101"
+
+
+def test_explicit_ports_count_up_per_instance():
+    topo = build_topology(
+        [{"name": "sync", "types": ["synchrotron"], "count": 2, "hosts": ["app2"], "port": 8500}],
+        **THREE_HOSTS,
+    )
+    assert [w["listeners"][0]["port"] for w in topo["workers"]] == [8500, 8501]
+
+
+def test_duties_go_to_the_first_instance_and_lists_to_all():
+    topo = topology(
+        [
+            {"name": "media", "types": ["media_repository"], "count": 2},
+            {"name": "sender", "types": ["federation_sender"], "count": 3},
+            {"name": "pusher", "types": ["pusher"], "count": 2},
+            {"name": "persister", "types": ["event_persister"], "count": 2},
+        ]
+    )
+    shared = topo["shared_config"]
+    assert shared["media_instance_running_background_jobs"] == "media1"
+    assert shared["enable_media_repo"] is False
+    assert shared["federation_sender_instances"] == ["sender1", "sender2", "sender3"]
+    assert shared["pusher_instances"] == ["pusher1", "pusher2"]
+    assert shared["stream_writers"]["events"] == ["persister1", "persister2"]
+    assert shared["stream_writers"]["quarantined_media_changes"] == ["media1", "media2"]
+    assert worker(topo, "media2")["config"]["enable_media_repo"] is True
+
+
+def test_combined_worker_writes_several_streams():
+    writers = ["account_data", "presence", "receipts", "to_device", "typing", "push_rules"]
+    topo = topology([{"name": "stream_writer", "types": writers}])
+    for stream in writers:
+        assert topo["shared_config"]["stream_writers"][stream] == ["stream_writer"]
+    (only,) = topo["workers"]
+    assert [listener["purpose"] for listener in only["listeners"]] == ["http", "replication"]
+    assert only["listeners"][0]["resources"] == ["client"]
+
+
+# --- validation -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("workers", "match"),
+    [
+        ({"name": "sync"}, "must be a list of workers"),
+        (["sync"], r"synapse_workers\[0\] is a str, expected a mapping"),
+        ([{"types": ["synchrotron"]}], r"needs a name matching \[a-z\]\[a-z0-9_\]\*"),
+        ([{"name": "Sync", "types": ["synchrotron"]}], "needs a name matching"),
+        ([{"name": "sync-1", "types": ["synchrotron"]}], "needs a name matching"),
+        ([{"name": 3, "types": ["synchrotron"]}], "needs a name matching"),
+        ([{"name": "main", "types": ["synchrotron"]}], "reserved for Synapse's main process"),
+        ([{"name": "master", "types": ["synchrotron"]}], "reserved"),
+        (
+            [{"name": "sync", "types": ["synchrotron"]}, {"name": "sync", "types": ["pusher"]}],
+            "two workers are named 'sync'",
+        ),
+        (
+            [{"name": "sync", "types": ["synchrotron"], "count": 2}, {"name": "sync1", "types": ["pusher"]}],
+            "expands to instance 'sync1'|'sync1' .*already names",
+        ),
+        ([{"name": "sync", "types": ["synchrotorn"]}], "unknown type 'synchrotorn'. Known types: account_data, "),
+        ([{"name": "sync", "types": []}], "needs 'types'"),
+        ([{"name": "sync"}], "needs 'types'"),
+        ([{"name": "sync", "types": ["synchrotron", "synchrotron"]}], "lists a type twice"),
+        ([{"name": "sync", "types": ["synchrotron"], "count": 0}], "count 0; count must be a whole number of 1 or more"),
+        ([{"name": "sync", "types": ["synchrotron"], "count": -2}], "count must be"),
+        ([{"name": "sync", "types": ["synchrotron"], "count": "3"}], "count must be"),
+        ([{"name": "sync", "types": ["synchrotron"], "count": True}], "count must be"),
+        ([{"name": "sync", "types": ["synchrotron"], "hosts": ["db9"]}], "placed on 'db9', which is not in the inventory"),
+        ([{"name": "sync", "types": ["synchrotron"], "hosts": []}], "give a non-empty list of inventory hosts"),
+        ([{"name": "sync", "types": ["synchrotron"], "port": 70000}], "port 70000"),
+        ([{"name": "sync", "types": ["synchrotron"], "nmae": "x"}], r"unknown key\(s\) nmae"),
+        (
+            [{"name": "typing", "types": ["typing"], "count": 2}],
+            "typing1, typing2 all write the 'typing' stream, which Synapse allows only one instance",
+        ),
+        (
+            [{"name": "a", "types": ["presence"]}, {"name": "b", "types": ["presence", "typing"]}],
+            "a, b all write the 'presence' stream",
+        ),
+        (
+            [{"name": "bg", "types": ["background_worker"], "count": 2}],
+            "bg1, bg2 all have type 'background_worker', a duty Synapse runs on one instance only",
+        ),
+        ([{"name": "a", "types": ["user_dir"]}, {"name": "b", "types": ["user_dir"]}], "type 'user_dir'"),
+        ([{"name": "a", "types": ["appservice"], "count": 3}], "type 'appservice'"),
+    ],
+)
+def test_bad_input_is_refused_with_a_clear_message(workers, match):
+    fails(workers, match)
+
+
+@pytest.mark.parametrize("stream", sorted(SINGLE_WRITER_STREAMS))
+def test_every_single_writer_stream_refuses_a_second_writer(stream):
+    name = next(t.name for t in WORKER_TYPES.values() if stream in t.streams)
+    fails([{"name": "w", "types": [name], "count": 2}], f"write the '{stream}' stream")
+
+
+@pytest.mark.parametrize("stream", sorted(MULTI_WRITER_STREAMS))
+def test_multi_writer_streams_accept_several_writers(stream):
+    name = next(t.name for t in WORKER_TYPES.values() if stream in t.streams)
+    topo = topology([{"name": "w", "types": [name], "count": 3}])
+    assert topo["shared_config"]["stream_writers"][stream] == ["w1", "w2", "w3"]
+
+
+def test_media_repositories_must_share_a_host():
+    with pytest.raises(AnsibleFilterError, match="media_repository instances must share one host.*media1 on app2, media2 on app3"):
+        build_topology(
+            [{"name": "media", "types": ["media_repository"], "count": 2, "hosts": ["app2", "app3"]}],
+            **THREE_HOSTS,
+        )
+
+
+def test_port_clashes_are_refused():
+    with pytest.raises(AnsibleFilterError, match="both listen on port 8600 on host 'app2'"):
+        build_topology(
+            [
+                {"name": "a", "types": ["synchrotron"], "hosts": ["app2"], "port": 8600},
+                {"name": "b", "types": ["client_reader"], "hosts": ["app2"], "port": 8600},
+            ],
+            **THREE_HOSTS,
+        )
+    with pytest.raises(AnsibleFilterError, match="main both listen on port 8008"):
+        build_topology(
+            [{"name": "a", "types": ["synchrotron"], "port": 8008}],
+            proxy_hosts=["app2"],
+            **THREE_HOSTS,
+        )
+
+
+def test_same_port_on_different_hosts_is_fine():
+    topo = build_topology(
+        [
+            {"name": "a", "types": ["synchrotron"], "hosts": ["app2"], "port": 8600},
+            {"name": "b", "types": ["client_reader"], "hosts": ["app3"], "port": 8600},
+        ],
+        **THREE_HOSTS,
+    )
+    assert [w["listeners"][0]["port"] for w in topo["workers"]] == [8600, 8600]
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"preset": "no-such-preset"}, "unknown synapse_worker_preset 'no-such-preset'. Use one of: "),
+        ({"main_host": "db9"}, "main_host 'db9' is not among the inventory hosts"),
+        ({"proxy_hosts": ["web9"]}, "proxy host 'web9' is not among"),
+        ({"socket_dir": "run/x"}, "socket_dir must be an absolute path"),
+        ({"hosts": []}, "'hosts' must map inventory host names"),
+    ],
+)
+def test_bad_options_are_refused(options, match):
+    with pytest.raises(AnsibleFilterError, match=match):
+        build_topology(None, **{**ONE_HOST, **options})
+
+
+def test_main_host_is_required_with_several_hosts():
+    with pytest.raises(AnsibleFilterError, match="give main_host"):
+        build_topology(None, hosts=THREE_HOSTS["hosts"])
+
+
+# --- presets and the filter interface --------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_is_valid(name):
+    topo = topology(None, preset=name)
+    assert topo["workers"] == topology(list(PRESETS[name].workers))["workers"]
+    assert PRESETS[name].summary
+
+
+def test_explicit_workers_win_over_the_preset():
+    topo = topology([{"name": "sync", "types": ["synchrotron"]}], preset="monolith")
+    assert [w["name"] for w in topo["workers"]] == ["sync"]
+    assert topology([], preset=sorted(PRESETS)[-1])["workers"] == []
+
+
+def test_filter_module_exposes_the_topology_and_its_views():
+    filters = FilterModule().filters()
+    assert set(filters) == {
+        "synapse_topology",
+        "synapse_instance_map",
+        "synapse_stream_writers",
+        "synapse_nginx_routes",
+    }
+    workers = [{"name": "typing", "types": ["typing"]}, {"name": "sync", "types": ["synchrotron"]}]
+    whole = filters["synapse_topology"](workers, **ONE_HOST)
+    assert whole == topology(workers)
+    assert filters["synapse_instance_map"](workers, **ONE_HOST) == whole["shared_config"]["instance_map"]
+    assert filters["synapse_stream_writers"](workers, **ONE_HOST) == {"typing": ["typing"]}
+    assert filters["synapse_nginx_routes"](workers, **ONE_HOST) == whole["nginx"]
+    assert filters["synapse_instance_map"](None, **ONE_HOST) == {}
+    with pytest.raises(AnsibleFilterError, match="unknown type"):
+        filters["synapse_nginx_routes"]([{"name": "x", "types": ["nope"]}], **ONE_HOST)
