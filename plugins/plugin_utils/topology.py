@@ -33,6 +33,11 @@ RESERVED_NAMES = frozenset({"main", "master"})
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 ENTRY_KEYS = ("name", "types", "count", "hosts", "port")
 
+# The inventory groups the playbooks and roles use.
+MAIN_GROUP = "synapse_main"
+WORKERS_GROUP = "synapse_workers"
+PROXY_GROUP = "nginx"
+
 DEFAULT_SOCKET_DIR = "/run/matrix-synapse"
 DEFAULT_MAIN_PORT = 8008
 DEFAULT_MAIN_REPLICATION_PORT = 9093
@@ -243,13 +248,41 @@ def _location(listener):
     return {"host": listener["address"], "port": listener["port"]}
 
 
+def _host_address(hostvars, host):
+    """Where other hosts reach `host`: synapse_address, else ansible_host, else its name."""
+    values = hostvars[host]
+    return values.get("synapse_address") or values.get("ansible_host") or host
+
+
+def inventory_layout(groups, hostvars):
+    """main_host, hosts and proxy_hosts read from the inventory groups."""
+    main_hosts = list(groups.get(MAIN_GROUP) or [])
+    if not main_hosts:
+        _fail(
+            f"the inventory has no host in group {MAIN_GROUP!r}; add the host that "
+            "runs Synapse's main process to it."
+        )
+    names = []
+    for group in (MAIN_GROUP, WORKERS_GROUP, PROXY_GROUP):
+        for host in groups.get(group) or []:
+            if host not in names:
+                names.append(host)
+    return {
+        "main_host": main_hosts[0],
+        "hosts": {host: _host_address(hostvars, host) for host in names},
+        "proxy_hosts": list(groups.get(PROXY_GROUP) or []) or None,
+    }
+
+
 def build_topology(
     workers=None,
     main_host=None,
     hosts=None,
-    socket_dir=DEFAULT_SOCKET_DIR,
+    socket_dir=None,
     preset=None,
     proxy_hosts=None,
+    groups=None,
+    hostvars=None,
     main_port=DEFAULT_MAIN_PORT,
     main_replication_port=DEFAULT_MAIN_REPLICATION_PORT,
     port_base=DEFAULT_WORKER_PORT_BASE,
@@ -261,8 +294,17 @@ def build_topology(
     at; ``main_host`` runs the main process; ``proxy_hosts`` run nginx (default:
     the main host). Listeners use UNIX sockets in ``socket_dir`` where every
     process that connects to them shares the listener's host, and TCP on the
-    host's address where one does not.
+    host's address where one does not. Given the inventory's ``groups`` and
+    ``hostvars`` instead, it reads the hosts from the groups synapse_main,
+    synapse_workers and nginx.
     """
+    if groups is not None:
+        layout = inventory_layout(groups, hostvars or {})
+        main_host = main_host or layout["main_host"]
+        hosts = hosts or layout["hosts"]
+        proxy_hosts = proxy_hosts or layout["proxy_hosts"]
+    if socket_dir is None:
+        socket_dir = DEFAULT_SOCKET_DIR
     if hosts is None:
         hosts = {main_host or "localhost": "127.0.0.1"}
     if not isinstance(hosts, dict) or not hosts:

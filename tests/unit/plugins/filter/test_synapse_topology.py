@@ -620,3 +620,60 @@ def test_filter_module_exposes_the_topology_and_its_views():
     assert filters["synapse_instance_map"](None, **ONE_HOST) == {}
     with pytest.raises(AnsibleFilterError, match="unknown type"):
         filters["synapse_nginx_routes"]([{"name": "x", "types": ["nope"]}], **ONE_HOST)
+
+
+# --- reading the inventory -----------------------------------------------------------
+
+
+def test_inventory_groups_give_hosts_main_and_proxies():
+    groups = {
+        "all": ["app1", "app2", "web", "db"],
+        "synapse_main": ["app1"],
+        "synapse_workers": ["app1", "app2"],
+        "nginx": ["web"],
+        "postgres": ["db"],
+    }
+    hostvars = {
+        "app1": {"ansible_host": "192.0.2.1", "synapse_address": "10.0.0.1"},
+        "app2": {"ansible_host": "10.0.0.2"},
+        "web": {},
+        "db": {"ansible_host": "10.0.0.9"},
+    }
+    topo = build_topology(
+        [{"name": "sync", "types": ["synchrotron"], "hosts": ["app2"]}], groups=groups, hostvars=hostvars
+    )
+    assert topo["main"]["host"] == "app1"
+    assert set(topo["hosts"]) == {"app1", "app2", "web"}
+    # nginx runs on "web", so main and workers are reached over TCP.
+    assert topo["main"]["listeners"][0]["upstream_server"] == "10.0.0.1:8008"
+    assert worker(topo, "sync")["listeners"][0]["upstream_server"] == "10.0.0.2:8101"
+    assert topo["shared_config"]["instance_map"]["main"] == {"host": "10.0.0.1", "port": 9093}
+    with pytest.raises(AnsibleFilterError, match="placed on 'db', which is not in the inventory"):
+        build_topology([{"name": "x", "types": ["pusher"], "hosts": ["db"]}], groups=groups, hostvars=hostvars)
+
+
+def test_single_host_inventory_without_nginx_group_proxies_on_main():
+    topo = build_topology(None, preset="monolith", groups={"synapse_main": ["lab1"]}, hostvars={"lab1": {}})
+    assert topo["main"]["listeners"][0]["upstream_server"] == "unix:/run/matrix-synapse/main.sock"
+
+
+def test_inventory_without_main_host_is_refused():
+    with pytest.raises(AnsibleFilterError, match="no host in group 'synapse_main'"):
+        build_topology(None, groups={"nginx": ["web"]}, hostvars={"web": {}})
+
+
+def test_readme_tables_are_generated_from_the_catalogue():
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "tests/tools/readme_tables.py"), "--check"], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    readme = (ROOT / "README.md").read_text()
+    for name in WORKER_TYPES:
+        assert f"| `{name}` |" in readme
+    for name in PRESETS:
+        assert f"| `{name}` |" in readme
