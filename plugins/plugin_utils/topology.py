@@ -424,6 +424,7 @@ def build_topology(
         "hosts": {
             host: [w["name"] for w in expanded if w["host"] == host] for host in hosts
         },
+        "socket_dir": listeners.socket_dir,
         "process_count": 1 + len(expanded),
     }
 
