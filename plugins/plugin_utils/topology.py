@@ -37,6 +37,9 @@ ENTRY_KEYS = ("name", "types", "count", "hosts", "port")
 MAIN_GROUP = "synapse_main"
 WORKERS_GROUP = "synapse_workers"
 PROXY_GROUP = "nginx"
+# The services every Synapse process connects to, each the inventory group
+# that holds its one host (default: the main host).
+BACKEND_GROUPS = ("postgres", "redis")
 
 DEFAULT_SOCKET_DIR = "/run/matrix-synapse"
 DEFAULT_MAIN_PORT = 8008
@@ -267,10 +270,24 @@ def inventory_layout(groups, hostvars):
         for host in groups.get(group) or []:
             if host not in names:
                 names.append(host)
+    backend_hosts = {}
+    for group in BACKEND_GROUPS:
+        members = list(groups.get(group) or [])
+        if len(members) > 1:
+            _fail(
+                f"the inventory group {group!r} has {len(members)} hosts ({', '.join(members)}); "
+                f"every Synapse process uses one {group} server, so list one host in it."
+            )
+        if members:
+            backend_hosts[group] = members[0]
     return {
         "main_host": main_hosts[0],
         "hosts": {host: _host_address(hostvars, host) for host in names},
         "proxy_hosts": list(groups.get(PROXY_GROUP) or []) or None,
+        "backend_hosts": backend_hosts,
+        "backend_addresses": {
+            host: _host_address(hostvars, host) for host in backend_hosts.values()
+        },
     }
 
 
@@ -283,6 +300,8 @@ def build_topology(
     proxy_hosts=None,
     groups=None,
     hostvars=None,
+    backend_hosts=None,
+    backend_addresses=None,
     main_port=DEFAULT_MAIN_PORT,
     main_replication_port=DEFAULT_MAIN_REPLICATION_PORT,
     port_base=DEFAULT_WORKER_PORT_BASE,
@@ -297,12 +316,19 @@ def build_topology(
     host's address where one does not. Given the inventory's ``groups`` and
     ``hostvars`` instead, it reads the hosts from the groups synapse_main,
     synapse_workers and nginx.
+
+    ``backend_hosts`` maps "postgres" and "redis" to the host that runs each
+    (default: the main host), ``backend_addresses`` gives the addresses of
+    those not in ``hosts``; with ``groups`` both come from the groups postgres
+    and redis.
     """
     if groups is not None:
         layout = inventory_layout(groups, hostvars or {})
         main_host = main_host or layout["main_host"]
         hosts = hosts or layout["hosts"]
         proxy_hosts = proxy_hosts or layout["proxy_hosts"]
+        backend_hosts = backend_hosts or layout["backend_hosts"]
+        backend_addresses = backend_addresses or layout["backend_addresses"]
     if socket_dir is None:
         socket_dir = DEFAULT_SOCKET_DIR
     if hosts is None:
@@ -426,7 +452,42 @@ def build_topology(
         },
         "socket_dir": listeners.socket_dir,
         "process_count": 1 + len(expanded),
+        "backends": _backends(
+            main_host, synapse_hosts, hosts, backend_hosts or {}, backend_addresses or {}
+        ),
     }
+
+
+def _backends(main_host, synapse_hosts, hosts, backend_hosts, backend_addresses):
+    """Where PostgreSQL and Redis run and who reaches them how.
+
+    A Synapse process uses a backend's UNIX socket when it shares the
+    backend's host and TCP otherwise, so the backend listens on TCP exactly
+    when some Synapse process runs elsewhere.
+    """
+    unknown = sorted(set(backend_hosts) - set(BACKEND_GROUPS))
+    if unknown:
+        _fail(f"backend_hosts names {', '.join(unknown)}; it takes {_known(BACKEND_GROUPS)}.")
+    addresses = {**backend_addresses, **hosts}
+    backends = {}
+    for name in BACKEND_GROUPS:
+        host = backend_hosts.get(name) or main_host
+        if host not in addresses:
+            _fail(
+                f"the {name} host {host!r} has no address; put it in the inventory group "
+                f"{name!r} or among the hosts ({_known(hosts)})."
+            )
+        remote = sorted(h for h in synapse_hosts if h != host)
+        backends[name] = {
+            "host": host,
+            "address": addresses[host],
+            "listen_tcp": bool(remote),
+            # Inventory hosts that run a Synapse process, and the addresses of
+            # those that connect over TCP (for pg_hba.conf and firewalls).
+            "client_hosts": sorted(synapse_hosts),
+            "tcp_client_addresses": list(dict.fromkeys(addresses[h] for h in remote)),
+        }
+    return backends
 
 
 def _replication(process):

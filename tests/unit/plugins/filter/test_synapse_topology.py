@@ -677,3 +677,88 @@ def test_readme_tables_are_generated_from_the_catalogue():
         assert f"| `{name}` |" in readme
     for name in PRESETS:
         assert f"| `{name}` |" in readme
+
+
+# --- PostgreSQL and Redis ---------------------------------------------------------------
+
+
+def test_backends_share_the_main_host_by_default_and_use_sockets():
+    topo = build_topology(PRESETS["seed002"].workers, **ONE_HOST)
+    for name in ("postgres", "redis"):
+        assert topo["backends"][name] == {
+            "host": "app1",
+            "address": "10.0.0.1",
+            "listen_tcp": False,
+            "client_hosts": ["app1"],
+            "tcp_client_addresses": [],
+        }
+
+
+def test_backends_on_a_database_host_are_reached_over_tcp_by_every_synapse_host():
+    groups = {
+        "synapse_main": ["app1"],
+        "synapse_workers": ["app1", "app2"],
+        "postgres": ["db"],
+        "redis": ["db"],
+    }
+    hostvars = {
+        "app1": {"ansible_host": "192.0.2.1", "synapse_address": "10.0.0.1"},
+        "app2": {"ansible_host": "10.0.0.2"},
+        "db": {"ansible_host": "10.0.0.9"},
+    }
+    topo = build_topology(
+        [{"name": "sync", "types": ["synchrotron"], "hosts": ["app2"]}], groups=groups, hostvars=hostvars
+    )
+    for name in ("postgres", "redis"):
+        backend = topo["backends"][name]
+        assert backend["host"] == "db"
+        assert backend["address"] == "10.0.0.9"
+        assert backend["listen_tcp"] is True
+        assert backend["client_hosts"] == ["app1", "app2"]
+        assert backend["tcp_client_addresses"] == ["10.0.0.1", "10.0.0.2"]
+    # The database host runs no Synapse process and takes no workers.
+    assert "db" not in topo["hosts"]
+
+
+def test_a_backend_on_the_main_host_listens_on_tcp_once_a_worker_runs_elsewhere():
+    topo = build_topology(
+        [{"name": "sync", "types": ["synchrotron"], "hosts": ["app2"]}], **THREE_HOSTS
+    )
+    redis = topo["backends"]["redis"]
+    assert redis["host"] == "app1"
+    assert redis["listen_tcp"] is True
+    # The main process on app1 keeps the socket; only app2 connects over TCP.
+    assert redis["tcp_client_addresses"] == ["10.0.0.2"]
+    # A host without a Synapse process is no client.
+    assert redis["client_hosts"] == ["app1", "app2"]
+
+
+def test_backend_hosts_given_directly():
+    topo = build_topology(
+        [],
+        backend_hosts={"postgres": "db"},
+        backend_addresses={"db": "10.0.0.9"},
+        **ONE_HOST,
+    )
+    assert topo["backends"]["postgres"]["host"] == "db"
+    assert topo["backends"]["postgres"]["tcp_client_addresses"] == ["10.0.0.1"]
+    assert topo["backends"]["redis"]["host"] == "app1"
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"backend_hosts": {"postgres": "db"}}, "the postgres host 'db' has no address"),
+        ({"backend_hosts": {"mysql": "app1"}}, "backend_hosts names mysql; it takes postgres, redis"),
+    ],
+)
+def test_bad_backend_hosts_are_refused(options, message):
+    with pytest.raises(AnsibleFilterError, match=message):
+        build_topology([], **options, **ONE_HOST)
+
+
+def test_a_backend_group_with_two_hosts_is_refused():
+    groups = {"synapse_main": ["app1"], "redis": ["db1", "db2"]}
+    hostvars = {"app1": {}, "db1": {}, "db2": {}}
+    with pytest.raises(AnsibleFilterError, match=r"group 'redis' has 2 hosts \(db1, db2\).*list one host"):
+        build_topology([], groups=groups, hostvars=hostvars)
