@@ -47,6 +47,23 @@ DEFAULT_MAIN_REPLICATION_PORT = 9093
 DEFAULT_WORKER_PORT_BASE = 8101
 DEFAULT_REPLICATION_PORT_BASE = 9101
 
+# How Synapse reaches PostgreSQL and Redis: Debian's sockets and ports, and the
+# database Synapse owns. ``backend_settings`` overrides the keys marked
+# settable; the sockets are where Debian's packages put them.
+BACKEND_DEFAULTS = {
+    "postgres": {
+        "port": 5432,
+        "socket_dir": "/var/run/postgresql",
+        "database": "synapse",
+        "user": "synapse",
+    },
+    "redis": {"port": 6379, "socket_path": "/run/redis/redis-server.sock"},
+}
+SETTABLE_BACKEND_KEYS = {"postgres": ("port", "database", "user"), "redis": ("port",)}
+# Lower-case SQL identifiers that need no quoting; not PostgreSQL's own databases.
+SQL_IDENTIFIER_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+RESERVED_DATABASES = frozenset({"postgres", "template0", "template1"})
+
 
 def _fail(message: str) -> None:
     raise AnsibleFilterError(f"synapse_topology: {message}")
@@ -197,6 +214,31 @@ def _check_exclusive(instances):
             )
 
 
+def _check_media_host(instances, media_host, main_host, hosts):
+    """Media repositories run where the media store is: nothing moves it silently."""
+    if media_host not in hosts:
+        _fail(
+            f"the media store host {media_host!r} (synapse_media_host) is not among the "
+            f"Synapse hosts ({_known(hosts)}); name one of them."
+        )
+    serving = [i for i in instances if any(WORKER_TYPES[t].same_host for t in i["types"])]
+    if media_host != main_host and not serving:
+        _fail(
+            f"synapse_media_host is {media_host!r}, but no worker serves media, so the main "
+            f"process serves it from its own host {main_host!r}; add a media_repository "
+            f"worker on {media_host!r}, or leave synapse_media_host unset."
+        )
+    for instance in serving:
+        if instance["host"] != media_host:
+            _fail(
+                f"worker {instance['name']!r} serves media but is placed on {instance['host']!r}, "
+                f"while the media store is on {media_host!r} (synapse_media_host, default the "
+                "main host). Place the media repositories on that host, or move the media store "
+                "there first and set synapse_media_host (see the README's 'Media across hosts')."
+            )
+    return media_host
+
+
 def _writes(instance, stream):
     return any(stream in WORKER_TYPES[t].streams for t in instance["types"])
 
@@ -302,6 +344,8 @@ def build_topology(
     hostvars=None,
     backend_hosts=None,
     backend_addresses=None,
+    backend_settings=None,
+    media_host=None,
     main_port=DEFAULT_MAIN_PORT,
     main_replication_port=DEFAULT_MAIN_REPLICATION_PORT,
     port_base=DEFAULT_WORKER_PORT_BASE,
@@ -320,7 +364,10 @@ def build_topology(
     ``backend_hosts`` maps "postgres" and "redis" to the host that runs each
     (default: the main host), ``backend_addresses`` gives the addresses of
     those not in ``hosts``; with ``groups`` both come from the groups postgres
-    and redis.
+    and redis. ``backend_settings`` sets the PostgreSQL port, database and
+    user and the Redis port (see BACKEND_DEFAULTS); None keeps a default.
+    ``media_host`` holds the media store (default: the main host): the media
+    repositories run there.
     """
     if groups is not None:
         layout = inventory_layout(groups, hostvars or {})
@@ -362,6 +409,7 @@ def build_topology(
         seen.add(entry["name"])
     instances = _expand(entries)
     _check_exclusive(instances)
+    media_host = _check_media_host(instances, media_host or main_host, main_host, hosts)
 
     synapse_hosts = {main_host} | {i["host"] for i in instances}
     replication_over_unix = len(synapse_hosts) == 1
@@ -452,18 +500,83 @@ def build_topology(
         },
         "socket_dir": listeners.socket_dir,
         "process_count": 1 + len(expanded),
+        # The host that holds the media store (and serves media).
+        "media_host": media_host,
         "backends": _backends(
-            main_host, synapse_hosts, hosts, backend_hosts or {}, backend_addresses or {}
+            main_host,
+            synapse_hosts,
+            hosts,
+            backend_hosts or {},
+            backend_addresses or {},
+            _backend_settings(backend_settings),
         ),
     }
 
 
-def _backends(main_host, synapse_hosts, hosts, backend_hosts, backend_addresses):
+def _backend_settings(given):
+    """BACKEND_DEFAULTS with the operator's settings, each checked."""
+    if given is None:
+        given = {}
+    if not isinstance(given, dict):
+        _fail(f"backend_settings must map postgres and redis to their settings, got {given!r}.")
+    unknown = sorted(set(given) - set(BACKEND_GROUPS))
+    if unknown:
+        _fail(f"backend_settings names {', '.join(unknown)}; it takes {_known(BACKEND_GROUPS)}.")
+    settings = {}
+    for name in BACKEND_GROUPS:
+        values = given.get(name) or {}
+        extra = sorted(set(values) - set(SETTABLE_BACKEND_KEYS[name]))
+        if extra:
+            _fail(
+                f"backend_settings.{name} sets {', '.join(extra)}; "
+                f"it takes {_known(SETTABLE_BACKEND_KEYS[name])}."
+            )
+        merged = dict(BACKEND_DEFAULTS[name])
+        merged.update({key: value for key, value in values.items() if value is not None})
+        port = merged["port"]
+        if isinstance(port, str) and port.isdigit():
+            port = int(port)
+        if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+            _fail(f"the {name} port must be a TCP port (1-65535), got {merged['port']!r}.")
+        merged["port"] = port
+        settings[name] = merged
+    for key in ("database", "user"):
+        value = settings["postgres"][key]
+        if not isinstance(value, str) or not SQL_IDENTIFIER_RE.match(value):
+            _fail(
+                f"the PostgreSQL {key} name {value!r} must be a lower-case SQL identifier "
+                "(letters, digits and _, not starting with a digit, at most 63 characters)."
+            )
+    if settings["postgres"]["database"] in RESERVED_DATABASES:
+        _fail(
+            f"the PostgreSQL database {settings['postgres']['database']!r} is one of PostgreSQL's "
+            f"own ({_known(sorted(RESERVED_DATABASES))}); name Synapse's database otherwise."
+        )
+    return settings
+
+
+def _connection(name, settings, backend_host, backend_address, client_host):
+    """How a Synapse process on ``client_host`` reaches a backend."""
+    if name == "postgres":
+        local = client_host == backend_host
+        return {
+            "host": settings["socket_dir"] if local else backend_address,
+            "port": settings["port"],
+            "dbname": settings["database"],
+            "user": settings["user"],
+        }
+    if client_host == backend_host:
+        return {"path": settings["socket_path"]}
+    return {"host": backend_address, "port": settings["port"]}
+
+
+def _backends(main_host, synapse_hosts, hosts, backend_hosts, backend_addresses, settings):
     """Where PostgreSQL and Redis run and who reaches them how.
 
     A Synapse process uses a backend's UNIX socket when it shares the
     backend's host and TCP otherwise, so the backend listens on TCP exactly
-    when some Synapse process runs elsewhere.
+    when some Synapse process runs elsewhere. ``connections`` gives each
+    Synapse host its own way in; the backend's roles read the same entry.
     """
     unknown = sorted(set(backend_hosts) - set(BACKEND_GROUPS))
     if unknown:
@@ -481,11 +594,16 @@ def _backends(main_host, synapse_hosts, hosts, backend_hosts, backend_addresses)
         backends[name] = {
             "host": host,
             "address": addresses[host],
+            **settings[name],
             "listen_tcp": bool(remote),
             # Inventory hosts that run a Synapse process, and the addresses of
             # those that connect over TCP (for pg_hba.conf and firewalls).
             "client_hosts": sorted(synapse_hosts),
             "tcp_client_addresses": list(dict.fromkeys(addresses[h] for h in remote)),
+            "connections": {
+                client: _connection(name, settings[name], host, addresses[host], client)
+                for client in sorted(synapse_hosts)
+            },
         }
     return backends
 

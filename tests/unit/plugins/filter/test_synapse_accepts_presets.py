@@ -105,6 +105,7 @@ def test_synapse_accepts_a_multi_host_layout_over_tcp(tmp_path):
             {"name": "sender", "types": ["federation_sender"], "count": 2, "hosts": ["app2", "app3"]},
         ],
         main_host="app1",
+        media_host="app3",
         hosts={"app1": "10.0.0.1", "app2": "10.0.0.2", "app3": "10.0.0.3"},
     )
     assert "host" in topo["shared_config"]["instance_map"]["writers"]

@@ -684,14 +684,29 @@ def test_readme_tables_are_generated_from_the_catalogue():
 
 def test_backends_share_the_main_host_by_default_and_use_sockets():
     topo = build_topology(PRESETS["seed002"].workers, **ONE_HOST)
-    for name in ("postgres", "redis"):
-        assert topo["backends"][name] == {
-            "host": "app1",
-            "address": "10.0.0.1",
-            "listen_tcp": False,
-            "client_hosts": ["app1"],
-            "tcp_client_addresses": [],
-        }
+    common = {
+        "host": "app1",
+        "address": "10.0.0.1",
+        "listen_tcp": False,
+        "client_hosts": ["app1"],
+        "tcp_client_addresses": [],
+    }
+    assert topo["backends"]["postgres"] == {
+        **common,
+        "port": 5432,
+        "socket_dir": "/var/run/postgresql",
+        "database": "synapse",
+        "user": "synapse",
+        "connections": {
+            "app1": {"host": "/var/run/postgresql", "port": 5432, "dbname": "synapse", "user": "synapse"}
+        },
+    }
+    assert topo["backends"]["redis"] == {
+        **common,
+        "port": 6379,
+        "socket_path": "/run/redis/redis-server.sock",
+        "connections": {"app1": {"path": "/run/redis/redis-server.sock"}},
+    }
 
 
 def test_backends_on_a_database_host_are_reached_over_tcp_by_every_synapse_host():
@@ -716,6 +731,17 @@ def test_backends_on_a_database_host_are_reached_over_tcp_by_every_synapse_host(
         assert backend["listen_tcp"] is True
         assert backend["client_hosts"] == ["app1", "app2"]
         assert backend["tcp_client_addresses"] == ["10.0.0.1", "10.0.0.2"]
+    # Every Synapse host connects over TCP to the database host's address.
+    assert topo["backends"]["postgres"]["connections"]["app2"] == {
+        "host": "10.0.0.9",
+        "port": 5432,
+        "dbname": "synapse",
+        "user": "synapse",
+    }
+    assert topo["backends"]["redis"]["connections"] == {
+        "app1": {"host": "10.0.0.9", "port": 6379},
+        "app2": {"host": "10.0.0.9", "port": 6379},
+    }
     # The database host runs no Synapse process and takes no workers.
     assert "db" not in topo["hosts"]
 
@@ -731,6 +757,10 @@ def test_a_backend_on_the_main_host_listens_on_tcp_once_a_worker_runs_elsewhere(
     assert redis["tcp_client_addresses"] == ["10.0.0.2"]
     # A host without a Synapse process is no client.
     assert redis["client_hosts"] == ["app1", "app2"]
+    assert redis["connections"] == {
+        "app1": {"path": "/run/redis/redis-server.sock"},
+        "app2": {"host": "10.0.0.1", "port": 6379},
+    }
 
 
 def test_backend_hosts_given_directly():
@@ -757,8 +787,88 @@ def test_bad_backend_hosts_are_refused(options, message):
         build_topology([], **options, **ONE_HOST)
 
 
+def test_backend_settings_reach_every_connection():
+    topo = build_topology(
+        [{"name": "sync", "types": ["synchrotron"], "hosts": ["app2"]}],
+        backend_settings={
+            "postgres": {"port": "5433", "database": "matrix", "user": "matrix", },
+            "redis": {"port": None},
+        },
+        **THREE_HOSTS,
+    )
+    postgres = topo["backends"]["postgres"]
+    assert (postgres["port"], postgres["database"], postgres["user"]) == (5433, "matrix", "matrix")
+    assert postgres["connections"]["app1"] == {
+        "host": "/var/run/postgresql",
+        "port": 5433,
+        "dbname": "matrix",
+        "user": "matrix",
+    }
+    assert postgres["connections"]["app2"]["host"] == "10.0.0.1"
+    # None keeps the default.
+    assert topo["backends"]["redis"]["port"] == 6379
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"mysql": {}}, "backend_settings names mysql; it takes postgres, redis"),
+        ({"redis": {"socket_path": "/tmp/r.sock"}}, r"backend_settings.redis sets socket_path; it takes port"),
+        ({"postgres": {"port": 0}}, r"the postgres port must be a TCP port \(1-65535\), got 0"),
+        ({"redis": {"port": "six"}}, r"the redis port must be a TCP port \(1-65535\), got 'six'"),
+        ({"postgres": {"port": True}}, "the postgres port must be a TCP port"),
+        ({"postgres": {"database": "Synapse"}}, "database name 'Synapse' must be a lower-case SQL identifier"),
+        ({"postgres": {"user": "1synapse"}}, "user name '1synapse' must be a lower-case SQL identifier"),
+        ({"postgres": {"database": "template1"}}, "'template1' is one of PostgreSQL's own"),
+        ("postgres", "backend_settings must map postgres and redis"),
+    ],
+)
+def test_bad_backend_settings_are_refused(settings, message):
+    with pytest.raises(AnsibleFilterError, match=message):
+        build_topology([], backend_settings=settings, **ONE_HOST)
+
+
 def test_a_backend_group_with_two_hosts_is_refused():
     groups = {"synapse_main": ["app1"], "redis": ["db1", "db2"]}
     hostvars = {"app1": {}, "db1": {}, "db2": {}}
     with pytest.raises(AnsibleFilterError, match=r"group 'redis' has 2 hosts \(db1, db2\).*list one host"):
         build_topology([], groups=groups, hostvars=hostvars)
+
+
+# --- Media across hosts -----------------------------------------------------------
+
+
+def test_media_repositories_run_on_the_main_host_by_default():
+    topo = build_topology([{"name": "media", "types": ["media_repository"], "count": 2}], **THREE_HOSTS)
+    assert {w["host"] for w in topo["workers"]} == {"app1"}
+    assert topo["media_host"] == "app1"
+
+
+def test_media_repositories_away_from_the_media_store_are_refused():
+    with pytest.raises(
+        AnsibleFilterError,
+        match=r"worker 'media' serves media but is placed on 'app2', while the media store is on 'app1'",
+    ):
+        build_topology([{"name": "media", "types": ["media_repository"], "hosts": ["app2"]}], **THREE_HOSTS)
+
+
+def test_the_media_store_may_live_on_another_host():
+    topo = build_topology(
+        [{"name": "media", "types": ["media_repository"], "hosts": ["app2"]}],
+        media_host="app2",
+        **THREE_HOSTS,
+    )
+    assert topo["media_host"] == "app2"
+    assert topo["workers"][0]["host"] == "app2"
+
+
+@pytest.mark.parametrize(
+    ("workers", "media_host", "message"),
+    [
+        ([], "app2", r"synapse_media_host is 'app2', but no worker serves media"),
+        ([], "db9", r"the media store host 'db9' \(synapse_media_host\) is not among the Synapse hosts"),
+    ],
+)
+def test_bad_media_hosts_are_refused(workers, media_host, message):
+    with pytest.raises(AnsibleFilterError, match=message):
+        build_topology(workers, media_host=media_host, **THREE_HOSTS)
