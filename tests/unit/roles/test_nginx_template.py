@@ -91,7 +91,7 @@ def render(template, topo=None, distro="Debian-12", **overrides):
     variables.update(INVENTORY)
     variables["ansible_managed"] = "Ansible managed: polylith.synapse test"
     if topo is not None:
-        variables["nginx_topology"] = topo
+        variables["polylith_synapse_deployment"] = topo
     variables.update(overrides)
     templar = Templar(loader=loader, variables=variables)
     return templar.template(trust_as_template(template.read_text()))

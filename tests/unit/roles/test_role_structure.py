@@ -46,3 +46,42 @@ def test_role_has_readme_with_data_safety_section(role):
 def test_templates_carry_the_managed_header(role):
     for template in (ROOT / "roles" / role / "templates").glob("*.j2"):
         assert "ansible_managed | comment" in template.read_text(), template.name
+
+
+PHASES = ("preflight", "install", "configure", "run")
+PUBLIC_ROLES = [role for role in ROLES if not role.startswith("_")]
+
+
+@pytest.mark.parametrize("role", PUBLIC_ROLES)
+def test_phases_carry_uniform_tags(role):
+    """`<role>` selects everything; each `<role>_<phase>` selects its phase and the checks."""
+    tasks = yaml.safe_load((ROOT / "roles" / role / "tasks" / "main.yml").read_text())
+    phase_tags = {f"{role}_{phase}" for phase in PHASES}
+    for task in tasks:
+        tags = set(task.get("tags") or [])
+        assert role in tags, f"{task['name']!r} lacks the role-wide tag {role}"
+        phases = tags & phase_tags
+        assert phases, f"{task['name']!r} carries no phase tag of {sorted(phase_tags)}"
+        if task.get("ansible.builtin.import_tasks") == "preflight.yml":
+            assert phases == phase_tags, f"the preflight must run with every phase tag, has {sorted(phases)}"
+        else:
+            assert len(phases) == 1, f"{task['name']!r} belongs to several phases: {sorted(phases)}"
+        stray = {t for t in tags - phases - {role} if not t.startswith(f"{role}_")}
+        assert not stray, f"{task['name']!r} carries tags of another role: {sorted(stray)}"
+
+
+@pytest.mark.parametrize("role", PUBLIC_ROLES)
+def test_roles_depend_on_the_one_derivation(role):
+    meta = yaml.safe_load((ROOT / "roles" / role / "meta" / "main.yml").read_text())
+    assert {"role": "polylith.synapse._deployment"} in meta["dependencies"]
+
+
+def test_the_deployment_is_derived_in_one_place():
+    """One call of the topology filter in the shipped roles and playbooks: the internal role's."""
+    calls = [
+        path.relative_to(ROOT).as_posix()
+        for top in ("roles", "playbooks", "extensions")
+        for path in (ROOT / top).rglob("*.yml")
+        if "polylith.synapse.synapse_topology(" in path.read_text()
+    ]
+    assert calls == ["roles/_deployment/tasks/main.yml"]
