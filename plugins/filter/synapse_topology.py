@@ -10,6 +10,9 @@ of the same name beside this one.
 
 from __future__ import annotations
 
+from ansible_collections.polylith.synapse.plugins.plugin_utils.shared_inputs import (
+    input_problems,
+)
 from ansible_collections.polylith.synapse.plugins.plugin_utils.topology import (
     build_topology,
 )
@@ -35,6 +38,11 @@ def synapse_nginx_routes(workers=None, **options):
     return build_topology(workers, **options)["nginx"]
 
 
+def synapse_input_problems(groups, hostvars=None, deployment=None):
+    """Problems with the shared inventory variables; see synapse_input_problems.yml."""
+    return input_problems(groups, hostvars, deployment)
+
+
 class FilterModule:
     """polylith.synapse topology filters."""
 
@@ -44,4 +52,5 @@ class FilterModule:
             "synapse_instance_map": synapse_instance_map,
             "synapse_stream_writers": synapse_stream_writers,
             "synapse_nginx_routes": synapse_nginx_routes,
+            "synapse_input_problems": synapse_input_problems,
         }

@@ -1,0 +1,283 @@
+"""Unit tests of the shared-variable checks (plugin_utils/shared_inputs.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from ansible.inventory.manager import InventoryManager
+from ansible.parsing.dataloader import DataLoader
+from ansible.vars.manager import VariableManager
+
+from ansible_collections.polylith.synapse.plugins.filter.synapse_topology import (
+    FilterModule,
+)
+from ansible_collections.polylith.synapse.plugins.plugin_utils import shared_inputs as si
+from ansible_collections.polylith.synapse.plugins.plugin_utils.topology import (
+    build_topology,
+)
+
+INVENTORIES = Path(__file__).resolve().parents[4] / "inventories"
+GOOD = {
+    "synapse_server_name": "example.org",
+    "synapse_database_password": "s3cret-pass",
+    "synapse_redis_password": "redis-pass",
+}
+ONE_HOST = {"synapse_main": ["app1"], "synapse_workers": ["app1"], "nginx": ["app1"]}
+TWO_HOSTS = {"synapse_main": ["app1"], "synapse_workers": ["app1", "app2"], "nginx": ["app1"]}
+
+
+def problems(groups=None, **values):
+    groups = groups or ONE_HOST
+    hosts = {h for members in groups.values() for h in members}
+    return si.input_problems(groups, {h: {**GOOD, **values} for h in hosts})
+
+
+def one(match, **values):
+    found = problems(**values)
+    assert len(found) == 1, found
+    assert match in found[0], found[0]
+    return found[0]
+
+
+def test_good_values_pass():
+    assert problems() == []
+    assert problems(
+        synapse_public_host="matrix.example.org", synapse_max_upload_size="100M",
+        synapse_database_port="5433", synapse_redis_port=6380, synapse_database_name="matrix",
+        synapse_database_user="matrix_user", synapse_database_pool_max=20,
+        synapse_system_user="synapse", synapse_socket_dir="/run/synapse/", synapse_media_host="app1",
+        synapse_worker_preset="one-of-each", synapse_workers=[], synapse_address="10.0.0.1",
+    ) == []  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["example.org", "EXAMPLE.org", "localhost", "matrix-1.example.org", "10.0.0.1", "[2001:db8::1]", "[::1]"],
+)
+def test_server_names_synapse_accepts(name):
+    assert si.check_server_name(name) is None
+
+
+@pytest.mark.parametrize(
+    ("name", "match"),
+    [
+        (None, "is not set"),
+        ("", "is empty"),
+        ("exa mple.org", "not a host name Synapse accepts"),
+        ("example.org.", "not a host name"),
+        ("example..org", "not a host name"),
+        ("example.org\n", "not a host name"),
+        ("ex_ample.org", "not a host name"),
+        ("example.org:8448", "carries a port"),
+        ("[2001:db8::1]:8448", "carries a port"),
+        ("example.org:http", "as its port"),
+        ("example.org:0", "as its port"),
+        ("2001:db8::1", "without brackets"),
+        ("[2001:db8::1", "unmatched brackets"),
+        ("[example.org]", "not an IPv6 address in brackets"),
+        ("[]", "not an IPv6 address in brackets"),
+        (["example.org"], "is a list"),
+        (8448, "is a number, 8448"),
+    ],
+)
+def test_server_names_refused(name, match):
+    message = si.check_server_name(name)
+    assert message and match in message, message
+    assert message.startswith("synapse_server_name")
+
+
+def test_a_port_in_the_server_name_names_the_bare_name():
+    assert "set it to 'example.org'" in si.check_server_name("example.org:8448")
+
+
+@pytest.mark.parametrize("host", [None, "matrix.example.org", "10.0.0.1", "[2001:db8::1]"])
+def test_public_hosts_accepted(host):
+    assert si.check_public_host(host) is None
+
+
+@pytest.mark.parametrize(
+    "host", ["", "https://matrix.example.org", "matrix.example.org/", "matrix.example.org:443", "m x", 5, "::1"]
+)
+def test_public_hosts_refused(host):
+    message = si.check_public_host(host)
+    assert message and message.startswith("synapse_public_host"), message
+
+
+@pytest.mark.parametrize("size", [None, "50M", "1G", "512K", "1048576", 1048576, "0050M"])
+def test_upload_sizes_both_read(size):
+    assert si.check_upload_size(size) is None
+
+
+@pytest.mark.parametrize(
+    ("size", "match"),
+    [("50m", "50M"), ("50MB", "no 'B'"), ("1T", "not a size"), ("1.5G", "not a size"), (" 50M", "not a size"),
+     ("-5M", "not a size"), ("0", "no upload"), (0, "is 0"), (True, "boolean"), (1.5, "number"), ([], "list")],
+)  # fmt: skip
+def test_upload_sizes_refused(size, match):
+    message = si.check_upload_size(size)
+    assert message and match in message, message
+
+
+def test_the_upload_rule_is_within_synapse_and_nginx():
+    # Every accepted string is one Synapse's parse_size reads and nginx's size syntax allows.
+    from synapse.config._base import Config
+
+    for size in ("50M", "1G", "512K", "1048576"):
+        assert si.check_upload_size(size) is None
+        assert Config.parse_size(size) > 0
+        assert size[-1].isdigit() or size[-1] in "kKmMgG"
+
+
+@pytest.mark.parametrize("name", ["synapse_database_password", "synapse_redis_password"])
+def test_passwords_are_named_but_never_shown(name):
+    secret = "Hunter2-very-secret"
+    for value, match in [
+        (secret + "\n", f"control character (code 10) at position {len(secret) + 1}"),
+        ("\t" + secret, "control character (code 9) at position 1"),
+        (secret[:4] + "\x7f" + secret[4:], "code 127"),
+        ("", "is empty"),
+        (424242, "is a number, not a string"),
+        ([secret], "is a list, not a string"),
+    ]:
+        message = si.check_secret(name, value, required=True)
+        assert message and message.startswith(name) and match in message, message
+        assert secret not in message and "424242" not in message and "Hunter" not in message
+
+
+def test_the_redis_password_is_optional_until_redis_listens_on_tcp():
+    assert si.check_secret("synapse_redis_password", "", required=False) is None
+    assert si.check_secret("synapse_redis_password", None, required=False) is None
+    assert problems(synapse_redis_password="") == []
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "match"),
+    [
+        ("synapse_database_port", 0, "TCP port"),
+        ("synapse_database_port", "5432x", "TCP port"),
+        ("synapse_redis_port", True, "TCP port"),
+        ("synapse_redis_port", 65536, "TCP port"),
+        ("synapse_database_name", "postgres", "PostgreSQL's own"),
+        ("synapse_database_name", "1synapse", "SQL identifier"),
+        ("synapse_database_user", "Synapse", "SQL identifier"),
+        ("synapse_database_pool_max", -1, "whole number"),
+        ("synapse_database_pool_max", "1.5", "whole number"),
+        ("synapse_system_user", "root", "not root"),
+        ("synapse_system_user", "Synapse", "lower-case"),
+        ("synapse_socket_dir", "relative/dir", "absolute path"),
+        ("synapse_socket_dir", "/", "not a plain absolute path"),
+        ("synapse_socket_dir", "/run/../etc", "not a plain absolute path"),
+        ("synapse_socket_dir", "/run/a b", "not a plain absolute path"),
+        ("synapse_socket_dir", "/var/run/", "other software"),
+        ("synapse_socket_dir", "/run/" + "x" * 81, "too long for UNIX sockets"),
+        ("synapse_worker_preset", "nope", "use one of"),
+        ("synapse_worker_preset", {"a": 1}, "use one of"),
+        ("synapse_workers", "sync", "is a string"),
+        ("synapse_workers", {"name": "sync"}, "is a mapping"),
+        ("synapse_media_host", "app9", "one of app1"),
+    ],
+)
+def test_shared_variables_refused(name, value, match):
+    message = one(match, **{name: value})
+    assert name in message
+
+
+def test_socket_dir_limit_is_exact():
+    # 85 bytes of directory plus /main-replication.sock is the 107 bytes sun_path allows.
+    assert si.check_socket_dir("/run/" + "x" * 80) is None
+    assert si.check_socket_dir("/run/" + "x" * 81)
+
+
+@pytest.mark.parametrize(
+    ("address", "match"),
+    [("0.0.0.0", "wildcard"), ("::", "wildcard"), ("app2.lan", "not an IP address"), ("2001:DB8::2", "write it as"),
+     ("10.0.0.256", "not an IP address"), (10, "is a number")],
+)  # fmt: skip
+def test_addresses_refused(address, match):
+    message = si.check_address("app2", address)
+    assert message and "synapse_address of host app2" in message and match in message, message
+
+
+def test_a_problem_on_some_hosts_names_them():
+    hostvars = {"app1": dict(GOOD), "app2": {**GOOD, "synapse_server_name": "bad name"}}
+    found = si.input_problems(TWO_HOSTS, hostvars)
+    assert len(found) == 1 and found[0].startswith("on app2: synapse_server_name 'bad name'"), found
+    hostvars["app1"]["synapse_server_name"] = "bad name"
+    assert si.input_problems(TWO_HOSTS, hostvars)[0].startswith("synapse_server_name 'bad name'")
+
+
+def test_group_sizes():
+    assert "no host in group 'synapse_main'" in problems({"synapse_main": [], "nginx": ["app1"]})[0]
+    assert "has 2 hosts (app1, app2)" in problems({**TWO_HOSTS, "synapse_main": ["app1", "app2"]})[0]
+
+
+def _checked_deployment(groups, hostvars, workers):
+    topo = build_topology(workers, groups=groups, hostvars=hostvars)
+    return si.input_problems(groups, hostvars, deployment=topo)
+
+
+def test_deployment_needs_a_redis_password_once_redis_listens_on_tcp():
+    hostvars = {h: {**GOOD, "synapse_redis_password": "", "ansible_host": a}
+                for h, a in (("app1", "10.0.0.1"), ("app2", "10.0.0.2"))}  # fmt: skip
+    assert _checked_deployment(TWO_HOSTS, hostvars, [{"name": "sync", "types": ["synchrotron"]}]) == []
+    found = _checked_deployment(TWO_HOSTS, hostvars, [{"name": "sync", "types": ["synchrotron"], "hosts": ["app2"]}])
+    assert found and all("synapse_redis_password is empty" in p for p in found), found
+    assert "listens on TCP and needs a password" in found[0]
+
+
+def test_deployment_needs_ip_addresses_where_processes_meet_over_tcp():
+    hostvars = {"app1": {**GOOD, "ansible_host": "10.0.0.1"}, "app2": {**GOOD, "ansible_host": "app2.example.org"}}
+    found = _checked_deployment(TWO_HOSTS, hostvars, [{"name": "sync", "types": ["synchrotron"], "hosts": ["app2"]}])
+    assert found == [
+        "host app2 is reached over TCP at 'app2.example.org' (its ansible_host), which is not an IP address "
+        "other hosts can reach: set synapse_address for app2 to its IP address, e.g. 10.0.0.2."
+    ]
+    hostvars["app2"]["synapse_address"] = "10.0.0.2"
+    assert _checked_deployment(TWO_HOSTS, hostvars, [{"name": "sync", "types": ["synchrotron"], "hosts": ["app2"]}]) == []
+
+
+def test_deployment_places_workers_only_where_synapse_worker_runs():
+    groups = {"synapse_main": ["app1"], "synapse_workers": [], "nginx": ["app1", "edge"]}
+    hostvars = {"app1": {"ansible_host": "10.0.0.1"}, "edge": {"ansible_host": "10.0.0.9"}}
+    found = _checked_deployment(groups, hostvars, [{"name": "sync", "types": ["synchrotron"], "hosts": ["edge"]}])
+    assert found and "workers sync are placed on edge" in found[0]
+    assert _checked_deployment(groups, hostvars, [{"name": "sync", "types": ["synchrotron"]}]) == []
+
+
+def test_deployment_socket_paths_within_the_unix_limit():
+    hostvars = {"app1": {**GOOD, "synapse_socket_dir": "/run/" + "d" * 70}}
+    groups = {"synapse_main": ["app1"]}
+    topo = build_topology([{"name": "s" * 40, "types": ["synchrotron"]}], socket_dir="/run/" + "d" * 70,
+                          groups=groups, hostvars=hostvars)  # fmt: skip
+    found = si.input_problems(groups, hostvars, deployment=topo)
+    assert found and "more than UNIX sockets allow (107)" in found[0] and "shorten synapse_socket_dir" in found[0]
+
+
+def test_the_filter_is_exposed():
+    assert FilterModule().filters()["synapse_input_problems"](ONE_HOST, {"app1": GOOD}) == []
+
+
+def _inventory(name):
+    loader = DataLoader()
+    inventory = InventoryManager(loader=loader, sources=[str(INVENTORIES / name / "hosts.yml")])
+    manager = VariableManager(loader=loader, inventory=inventory)
+    hostvars = {host.name: manager.get_vars(host=host) for host in inventory.get_hosts()}
+    groups = {group: [h.name for h in inventory.groups[group].get_hosts()] for group in inventory.groups}
+    return groups, hostvars
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in INVENTORIES.iterdir() if (p / "hosts.yml").is_file()))
+def test_every_example_inventory_passes(name):
+    # The secret lookups stay unrendered here; their values are 40 letters and digits.
+    groups, hostvars = _inventory(name)
+    for values in hostvars.values():
+        for secret in ("synapse_database_password", "synapse_redis_password"):
+            if "lookup('ansible.builtin.password'" in values.get(secret, ""):
+                values[secret] = "x" * 40
+    assert si.input_problems(groups, hostvars) == []
+    shared = hostvars[groups["synapse_main"][0]]
+    plain = {h: {k: v for k, v in hv.items() if k in ("ansible_host", "synapse_address")} for h, hv in hostvars.items()}
+    topo = build_topology(shared.get("synapse_workers"), preset=shared.get("synapse_worker_preset"),
+                          groups=groups, hostvars=plain)  # fmt: skip
+    assert si.input_problems(groups, hostvars, deployment=topo) == []
