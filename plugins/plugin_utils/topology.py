@@ -17,11 +17,17 @@ import re
 
 from ansible.errors import AnsibleFilterError
 
+from ansible_collections.polylith.synapse.plugins.plugin_utils.shared_inputs import (
+    kind,
+    show,
+)
 from ansible_collections.polylith.synapse.plugins.plugin_utils.worker_catalogue import (
     BALANCE_KEYS,
+    MAIN_WRITER,
     PROXY_DENIED_PATTERNS,
     ROUTE_PRIORITY,
     SINGLE_WRITER_STREAMS,
+    STREAMS_MAIN_ALSO_WRITES,
     WORKER_TYPES,
 )
 from ansible_collections.polylith.synapse.plugins.plugin_utils.worker_presets import (
@@ -78,9 +84,9 @@ def resolve_workers(workers, preset):
     if workers is not None:
         return workers
     name = preset or "monolith"
-    if name not in PRESETS:
+    if not isinstance(name, str) or name not in PRESETS:
         _fail(
-            f"unknown synapse_worker_preset {name!r}. Use one of: {_known(PRESETS)}, "
+            f"unknown synapse_worker_preset {show(name)}. Use one of: {_known(PRESETS)}, "
             "or set synapse_workers to your own list."
         )
     return [dict(entry) for entry in PRESETS[name].workers]
@@ -91,13 +97,13 @@ def _check_entry(index, entry, hosts, main_host):
     where = f"synapse_workers[{index}]"
     if not isinstance(entry, dict):
         _fail(
-            f"{where} is a {type(entry).__name__}, expected a mapping such as "
+            f"{where} is a {kind(entry)}, {show(entry)}; expected a mapping such as "
             "{name: sync, types: [synchrotron]}."
         )
     name = entry.get("name")
     if name is not None:
-        where = f"worker {name!r} ({where})"
-    unknown = sorted(set(entry) - set(ENTRY_KEYS))
+        where = f"worker {show(name)} ({where})"
+    unknown = sorted((str(key) for key in entry if key not in ENTRY_KEYS))
     if unknown:
         _fail(
             f"{where} has unknown key(s) {', '.join(unknown)}; the keys are "
@@ -105,7 +111,7 @@ def _check_entry(index, entry, hosts, main_host):
         )
     if not isinstance(name, str) or not NAME_RE.match(name):
         _fail(
-            f"{where} needs a name matching [a-z][a-z0-9_]* (got {name!r}); "
+            f"{where} needs a name matching [a-z][a-z0-9_]* (got {show(name)}); "
             "rename it, e.g. 'sync' or 'federation_sender'."
         )
     if name in RESERVED_NAMES:
@@ -119,28 +125,41 @@ def _check_entry(index, entry, hosts, main_host):
         types = [types]
     if not isinstance(types, (list, tuple)) or not types:
         _fail(
-            f"{where} needs 'types', a non-empty list of worker types. Known types: "
-            f"{_known(WORKER_TYPES)}."
+            f"{where} needs 'types', a non-empty list of worker types (got {show(types)}). "
+            f"Known types: {_known(WORKER_TYPES)}."
         )
     for worker_type in types:
+        if not isinstance(worker_type, str):
+            _fail(
+                f"{where} lists {show(worker_type)}, a {kind(worker_type)}, among its types; "
+                f"each type is a name such as synchrotron. Known types: {_known(WORKER_TYPES)}."
+            )
         if worker_type not in WORKER_TYPES:
             _fail(
-                f"{where} has unknown type {worker_type!r}. Known types: "
+                f"{where} has unknown type {show(worker_type)}. Known types: "
                 f"{_known(WORKER_TYPES)}."
             )
     if len(set(types)) != len(types):
-        _fail(f"{where} lists a type twice in {list(types)}; list each type once.")
+        _fail(f"{where} lists a type twice in {show(types)}; list each type once.")
 
     count = entry.get("count", 1)
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-        _fail(f"{where} has count {count!r}; count must be a whole number of 1 or more.")
+        _fail(
+            f"{where} has count {show(count)} (a {kind(count)}); count must be a whole number "
+            "of 1 or more, written without quotes."
+        )
 
     placement = entry.get("hosts", [main_host])
     if isinstance(placement, str):
         placement = [placement]
     if not isinstance(placement, (list, tuple)) or not placement:
-        _fail(f"{where} has 'hosts' {placement!r}; give a non-empty list of inventory hosts.")
+        _fail(f"{where} has 'hosts' {show(placement)}; give a non-empty list of inventory hosts.")
     for host in placement:
+        if not isinstance(host, str):
+            _fail(
+                f"{where} lists {show(host)}, a {kind(host)}, among its hosts; each is an "
+                f"inventory host name, one of {_known(hosts)}."
+            )
         if host not in hosts:
             _fail(
                 f"{where} is placed on {host!r}, which is not in the inventory "
@@ -151,7 +170,10 @@ def _check_entry(index, entry, hosts, main_host):
     if port is not None and (
         isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535 - count
     ):
-        _fail(f"{where} has port {port!r}; give a TCP port from 1 to {65535 - count}.")
+        _fail(
+            f"{where} has port {show(port)}; give a TCP port from 1 to {65535 - count}, "
+            "written without quotes."
+        )
 
     return {
         "name": name,
@@ -398,7 +420,7 @@ def build_topology(
     workers = resolve_workers(workers, preset)
     if not isinstance(workers, (list, tuple)):
         _fail(
-            f"synapse_workers must be a list of workers, got a {type(workers).__name__}; "
+            f"synapse_workers must be a list of workers, got a {kind(workers)}, {show(workers)}; "
             "see the README's 'Describing workers'."
         )
     entries = [_check_entry(i, e, hosts, main_host) for i, e in enumerate(workers)]
@@ -635,13 +657,31 @@ def _shared_config(main, workers):
                 # The first instance takes a duty that may only run once.
                 shared.setdefault(setting, worker["name"])
             shared.update(worker_type.shared_settings)
+    for stream in sorted(STREAMS_MAIN_ALSO_WRITES & set(stream_writers)):
+        stream_writers[stream].append(MAIN_WRITER)
     if stream_writers:
         shared["stream_writers"] = stream_writers
     return shared
 
 
+def _method_map(upstream, methods, default_upstream):
+    """The nginx map choosing ``upstream`` for ``methods`` and main for the others."""
+    return {
+        "source": "$request_method",
+        "variable": f"${upstream}_for_{'_'.join(m.lower() for m in methods)}",
+        "default": default_upstream,
+        "cases": [{"pattern": method, "value": upstream} for method in methods],
+    }
+
+
 def _nginx(main, workers):
-    """nginx upstreams and ordered routes: first match wins, else main."""
+    """nginx upstreams and ordered routes: first match wins, else main.
+
+    A route whose endpoint group names ``methods`` sends those methods to its
+    upstream and every other method to main: its location proxies to the
+    variable of a ``$request_method`` map (``upstream_variable``) instead of
+    the upstream itself.
+    """
     main_upstream = "synapse_main"
     upstreams = {
         main_upstream: {
@@ -651,6 +691,7 @@ def _nginx(main, workers):
         }
     }
     routes = []
+    method_maps = {}
     seen_patterns = set()
     for type_name in ROUTE_PRIORITY:
         members = [w for w in workers if type_name in w["types"]]
@@ -671,12 +712,24 @@ def _nginx(main, workers):
                 if group.balance in BALANCE_KEYS
                 else None,
             }
+            variable = None
+            if group.methods:
+                method_map = _method_map(upstream, group.methods, main_upstream)
+                variable = method_map["variable"]
+                method_maps.setdefault(variable, method_map)
             for pattern in group.patterns:
                 if pattern in seen_patterns:
                     continue
                 seen_patterns.add(pattern)
                 routes.append(
-                    {"pattern": pattern, "upstream": upstream, "worker_type": type_name}
+                    {
+                        "pattern": pattern,
+                        "upstream": upstream,
+                        "worker_type": type_name,
+                        # Empty: every method goes to the upstream.
+                        "methods": list(group.methods),
+                        "upstream_variable": variable,
+                    }
                 )
     used = {u["balance"] for u in upstreams.values()}
     return {
@@ -684,7 +737,8 @@ def _nginx(main, workers):
         "routes": routes,
         "default_upstream": main_upstream,
         "denied_patterns": list(PROXY_DENIED_PATTERNS),
-        # nginx `map` blocks that compute the hash keys the upstreams use.
+        # nginx `map` blocks: the hash keys the upstreams use, then the
+        # upstreams of the method-limited routes.
         "maps": [
             {
                 "source": m["source"],
@@ -694,5 +748,6 @@ def _nginx(main, workers):
             }
             for method in sorted(used & set(BALANCE_KEYS))
             for m in BALANCE_KEYS[method]["maps"]
-        ],
+        ]
+        + list(method_maps.values()),
     }

@@ -16,8 +16,9 @@ Each entry says, for one worker type of Synapse 1.163:
 Type names are those of Synapse's ``docker/configure_workers_and_start.py``;
 endpoint regexes follow ``docs/workers.md`` of the 1.163.2 release, with the
 unstable thread-subscription paths taken from
-``synapse/rest/client/thread_subscriptions.py``. Which streams accept a single
-writer only is read from ``synapse/config/workers.py``.
+``synapse/rest/client/thread_subscriptions.py``. Where the docs and the code
+disagree, the code wins and a comment beside the entry names the file. Which
+streams accept a single writer only is read from ``synapse/config/workers.py``.
 
 Nothing else in the collection repeats these facts: the topology filter, the
 templates, the README table and the tests all read them from here.
@@ -105,6 +106,24 @@ MULTI_WRITER_STREAMS = frozenset(
     }
 )
 
+# How `stream_writers` names the main process: MAIN_PROCESS_INSTANCE_NAME of
+# synapse/config/workers.py. Only `instance_map` accepts "main" (Synapse renames
+# that key to "master"); a writer called "main" fails the instance_map check on
+# the workers and is not the main process on main itself.
+MAIN_WRITER = "master"
+
+# Streams the main process writes even when workers are their writers, so main
+# stays among their writers. quarantined_media_changes: the background update
+# flag_existing_quarantined_media (synapse/storage/databases/main/room.py,
+# schema delta main/94/05) writes the stream and asserts that its process is a
+# writer; background updates run on main only (synapse/app/homeserver.py).
+# docs/workers.md lists only the media repositories as its writers.
+STREAMS_MAIN_ALSO_WRITES = frozenset({"quarantined_media_changes"})
+
+# HTTP methods for an endpoint group that Synapse serves on workers for some
+# methods only. HEAD is answered as GET (synapse/http/server.py).
+READ_METHODS = ("GET", "HEAD")
+
 # Paths the reverse proxy must never forward: replication is unauthenticated
 # and unencrypted (docs/workers.md, "Shared configuration").
 PROXY_DENIED_PATTERNS = ("^/_synapse/replication/",)
@@ -116,11 +135,17 @@ _C3 = "^/_matrix/client/(r0|v3|unstable)"
 
 @dataclass(frozen=True)
 class EndpointGroup:
-    """Request paths served together and balanced the same way."""
+    """Request paths served together and balanced the same way.
+
+    ``methods`` limits the group to those HTTP methods (empty: every method),
+    for paths where Synapse registers the other methods on the main process
+    only; requests with any other method go to main.
+    """
 
     title: str
     patterns: tuple[str, ...]
     balance: str = "least_conn"
+    methods: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -268,13 +293,17 @@ _TYPES = (
     # --- request handlers ---------------------------------------------------
     WorkerType(
         name="synchrotron",
-        summary="Serves /sync and the legacy event stream, sticky by user.",
+        summary="Serves /sync, sliding sync and the legacy event stream, sticky by user.",
         resources=("client",),
         endpoints=(
             EndpointGroup(
                 "Sync requests",
                 (
                     "^/_matrix/client/(r0|v3)/sync$",
+                    # Simplified sliding sync (MSC4186): SlidingSyncRestServlet
+                    # of synapse/rest/client/sync.py, registered on every
+                    # process with the client resource.
+                    "^/_matrix/client/unstable/org.matrix.simplified_msc3575/sync$",
                     "^/_matrix/client/(api/v1|r0|v3)/events$",
                     "^/_matrix/client/(api/v1|r0|v3)/initialSync$",
                     "^/_matrix/client/(api/v1|r0|v3)/rooms/[^/]+/initialSync$",
@@ -410,8 +439,24 @@ _TYPES = (
                     "^/_matrix/client/v1/register/m.login.registration_token/validity$",
                     f"{_C3}/password_policy$",
                     f"{_C3}/user_directory/search$",
-                    "^/_matrix/client/unstable/org.matrix.msc4140/delayed_events(/[^/]+(/restart)?)?$",
+                    # docs/workers.md lists delayed_events(/[^/]+(/restart)?)?$
+                    # for every method; synapse/rest/client/delayed_events.py
+                    # registers POST .../delayed_events/{id} (update) on main
+                    # only, so that path has a group of its own below.
+                    "^/_matrix/client/unstable/org.matrix.msc4140/delayed_events(/[^/]+/restart)?$",
+                    # Matrix Authentication Service's API (docs/workers.md),
+                    # mounted with the client resource when MAS is enabled
+                    # (synapse/rest/synapse/client/__init__.py).
+                    "^/_synapse/mas/",
                 ),
+            ),
+            EndpointGroup(
+                "Delayed event lookups (GET; updates go to main)",
+                # synapse/rest/client/delayed_events.py: workers register
+                # DelayedEventServlet (GET) on this path, main alone
+                # UpdateDelayedEventServlet (POST).
+                ("^/_matrix/client/unstable/org.matrix.msc4140/delayed_events/[^/]+$",),
+                methods=READ_METHODS,
             ),
             EndpointGroup(
                 "Room pagination (all requests for a room on one instance)",

@@ -16,13 +16,21 @@ from ansible_collections.polylith.synapse.plugins.plugin_utils.topology import (
 from ansible_collections.polylith.synapse.plugins.plugin_utils.worker_catalogue import (
     BALANCE_KEYS,
     BALANCE_METHODS,
+    MAIN_WRITER,
     MULTI_WRITER_STREAMS,
     SINGLE_WRITER_STREAMS,
+    STREAMS_MAIN_ALSO_WRITES,
     WORKER_TYPES,
 )
 from ansible_collections.polylith.synapse.plugins.plugin_utils.worker_presets import (
     PRESETS,
 )
+
+
+def writers(*names, stream):
+    """A stream's writers: the workers, then main where it writes the stream too."""
+    return [*names, *([MAIN_WRITER] if stream in STREAMS_MAIN_ALSO_WRITES else [])]
+
 
 ONE_HOST = {"hosts": {"app1": "10.0.0.1"}, "main_host": "app1"}
 THREE_HOSTS = {
@@ -107,7 +115,7 @@ def test_every_type_alone_derives_its_settings(name):
     for key, value in worker_type.worker_settings.items():
         assert only["config"][key] == value
     for stream in worker_type.streams:
-        assert shared["stream_writers"][stream] == ["w"]
+        assert shared["stream_writers"][stream] == writers("w", stream=stream)
     if worker_type.streams:
         assert shared["instance_map"]["w"] == {"path": "/run/matrix-synapse/w-replication.sock"}
     else:
@@ -450,7 +458,7 @@ def test_duties_go_to_the_first_instance_and_lists_to_all():
     assert shared["federation_sender_instances"] == ["sender1", "sender2", "sender3"]
     assert shared["pusher_instances"] == ["pusher1", "pusher2"]
     assert shared["stream_writers"]["events"] == ["persister1", "persister2"]
-    assert shared["stream_writers"]["quarantined_media_changes"] == ["media1", "media2"]
+    assert shared["stream_writers"]["quarantined_media_changes"] == ["media1", "media2", "master"]
     assert worker(topo, "media2")["config"]["enable_media_repo"] is True
 
 
@@ -471,7 +479,14 @@ def test_combined_worker_writes_several_streams():
     ("workers", "match"),
     [
         ({"name": "sync"}, "must be a list of workers"),
-        (["sync"], r"synapse_workers\[0\] is a str, expected a mapping"),
+        (["sync"], r"synapse_workers\[0\] is a string, 'sync'; expected a mapping"),
+        ([["sync"]], r"synapse_workers\[0\] is a list, \['sync'\]; expected a mapping"),
+        ([{"name": "sync", "types": [["synchrotron"]]}], r"lists \['synchrotron'\], a list, among its types"),
+        ([{"name": "sync", "types": [{"synchrotron": 1}]}], r"a mapping, among its types"),
+        ([{"name": "sync", "types": {"synchrotron": 1}}], r"worker types \(got \{'synchrotron': 1\}\)"),
+        ([{"name": "sync", "types": ["synchrotron"], "hosts": [["app1"]]}], r"lists \['app1'\], a list, among its hosts"),
+        ([{"name": "sync", "types": ["synchrotron"], 1: "x", "extra": 2}], r"unknown key\(s\) 1, extra"),
+        ([{"name": ["sync"], "types": ["synchrotron"]}], r"got \['sync'\]"),
         ([{"types": ["synchrotron"]}], r"needs a name matching \[a-z\]\[a-z0-9_\]\*"),
         ([{"name": "Sync", "types": ["synchrotron"]}], "needs a name matching"),
         ([{"name": "sync-1", "types": ["synchrotron"]}], "needs a name matching"),
@@ -490,7 +505,7 @@ def test_combined_worker_writes_several_streams():
         ([{"name": "sync", "types": []}], "needs 'types'"),
         ([{"name": "sync"}], "needs 'types'"),
         ([{"name": "sync", "types": ["synchrotron", "synchrotron"]}], "lists a type twice"),
-        ([{"name": "sync", "types": ["synchrotron"], "count": 0}], "count 0; count must be a whole number of 1 or more"),
+        ([{"name": "sync", "types": ["synchrotron"], "count": 0}], r"count 0 \(a number\); count must be a whole number of 1 or more"),
         ([{"name": "sync", "types": ["synchrotron"], "count": -2}], "count must be"),
         ([{"name": "sync", "types": ["synchrotron"], "count": "3"}], "count must be"),
         ([{"name": "sync", "types": ["synchrotron"], "count": True}], "count must be"),
@@ -528,7 +543,7 @@ def test_every_single_writer_stream_refuses_a_second_writer(stream):
 def test_multi_writer_streams_accept_several_writers(stream):
     name = next(t.name for t in WORKER_TYPES.values() if stream in t.streams)
     topo = topology([{"name": "w", "types": [name], "count": 3}])
-    assert topo["shared_config"]["stream_writers"][stream] == ["w1", "w2", "w3"]
+    assert topo["shared_config"]["stream_writers"][stream] == writers("w1", "w2", "w3", stream=stream)
 
 
 def test_media_repositories_must_share_a_host():
@@ -571,6 +586,7 @@ def test_same_port_on_different_hosts_is_fine():
     ("options", "match"),
     [
         ({"preset": "no-such-preset"}, "unknown synapse_worker_preset 'no-such-preset'. Use one of: "),
+        ({"preset": ["monolith"]}, r"unknown synapse_worker_preset \['monolith'\]. Use one of: "),
         ({"main_host": "db9"}, "main_host 'db9' is not among the inventory hosts"),
         ({"proxy_hosts": ["web9"]}, "proxy host 'web9' is not among"),
         ({"socket_dir": "run/x"}, "socket_dir must be an absolute path"),
@@ -610,6 +626,7 @@ def test_filter_module_exposes_the_topology_and_its_views():
         "synapse_instance_map",
         "synapse_stream_writers",
         "synapse_nginx_routes",
+        "synapse_input_problems",
     }
     workers = [{"name": "typing", "types": ["typing"]}, {"name": "sync", "types": ["synchrotron"]}]
     whole = filters["synapse_topology"](workers, **ONE_HOST)
