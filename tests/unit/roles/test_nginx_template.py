@@ -170,6 +170,8 @@ def test_layouts_are_what_they_claim():
     for nginx in (single, multi):
         assert {u["balance"] for u in nginx["upstreams"].values()} >= {"user", "least_conn"}
         assert nginx["maps"] and nginx["routes"] and nginx["denied_patterns"]
+    # The single-host layout renders a method-limited route (and its map).
+    assert any(route["upstream_variable"] for route in single["routes"])
 
 
 def test_header_is_ansible_managed(layout):
@@ -201,9 +203,22 @@ def test_every_upstream_with_servers_and_balancing(layout):
             expected.append(f"hash {upstream['hash_key']} consistent;")
         elif upstream["balance"] == "least_conn":
             expected.append("least_conn;")
-        expected += [f"server {server};" for server in upstream["servers"]]
+        # Passive health where there is another server to fall back to.
+        health = " max_fails=1 fail_timeout=30s" if len(upstream["servers"]) > 1 else ""
+        expected += [f"server {server}{health};" for server in upstream["servers"]]
         expected.append("keepalive 32;")
         assert lines == expected, name
+
+
+def test_failed_servers_leave_rotation_and_requests_move_on(layout):
+    _, topo, text = layout
+    assert "    proxy_next_upstream error timeout;" in text
+    assert "    proxy_connect_timeout 3s;" in text
+    tuned = render(SITE_TEMPLATE, topo, nginx_upstream_max_fails=3, nginx_upstream_fail_timeout="5s")
+    for name, body in blocks(tuned, "upstream"):
+        servers = [line.strip() for line in body.splitlines() if line.strip().startswith("server ")]
+        if len(servers) > 1:
+            assert all(line.endswith(" max_fails=3 fail_timeout=5s;") for line in servers), name
 
 
 def test_keepalive_is_overridable(layout):
@@ -226,8 +241,13 @@ def test_routes_follow_the_denied_patterns_in_order(layout):
             assert "return 404;" in inner and "proxy_pass" not in inner
         assert [pattern for pattern, _ in routes] == [route["pattern"] for route in nginx["routes"]]
         for (_, inner), route in zip(routes, nginx["routes"]):
-            assert f"set $synapse_upstream {route['upstream']};" in inner
-            assert f"proxy_pass http://{route['upstream']};" in inner
+            if route["methods"]:
+                # Method-limited: the location proxies to its map's choice.
+                assert f"set $synapse_upstream {route['upstream_variable']};" in inner
+                assert "proxy_pass http://$synapse_upstream;" in inner
+            else:
+                assert f"set $synapse_upstream {route['upstream']};" in inner
+                assert f"proxy_pass http://{route['upstream']};" in inner
         default = [inner for modifier, arg, inner in locations(body) if modifier == "" and arg == "/"]
         assert len(default) == 1
         assert f"proxy_pass http://{nginx['default_upstream']};" in default[0]
