@@ -38,9 +38,9 @@ def synapse_nginx_routes(workers=None, **options):
     return build_topology(workers, **options)["nginx"]
 
 
-def synapse_input_problems(groups, hostvars=None, deployment=None):
+def synapse_input_problems(groups, hostvars=None, deployment=None, host=None, values=None):
     """Problems with the shared inventory variables; see synapse_input_problems.yml."""
-    return input_problems(groups, hostvars, deployment)
+    return input_problems(groups, hostvars, deployment, host=host, values=values)
 
 
 class FilterModule:

@@ -359,6 +359,35 @@ def check_address(host, value):
     return None
 
 
+# What a host may read of another host's variables: its addresses, which
+# inventories give as plain values. Anything else may be a template that only
+# renders in that host's own task context.
+ADDRESS_VARIABLES = ("ansible_host", "synapse_address")
+
+
+class _OwnView(Mapping):
+    """``hostvars`` as one host sees it: its own values, the others' addresses."""
+
+    def __init__(self, hostvars, host, values):
+        self._hostvars, self._host, self._values = hostvars, host, values
+
+    def __getitem__(self, name):
+        other = _host_values(self._hostvars, name)
+        addresses = {key: _get(other, key) for key in ADDRESS_VARIABLES if _get(other, key) is not None}
+        if name == self._host:
+            return {**addresses, **{k: v for k, v in self._values.items() if v is not None}}
+        return addresses
+
+    def __iter__(self):
+        return iter(self._hostvars)
+
+    def __len__(self):
+        return len(self._hostvars)
+
+    def __contains__(self, name):
+        return name == self._host or name in self._hostvars
+
+
 def _host_values(hostvars, host):
     values = hostvars[host] if host in hostvars else {}
     return values if isinstance(values, Mapping) else {}
@@ -437,8 +466,8 @@ def _group_problems(groups):
     return []
 
 
-def _deployment_problems(deployment, groups, hostvars):
-    """What the derived deployment asks of the shared variables."""
+def _deployment_problems(deployment, groups, hostvars, only=None):
+    """What the derived deployment asks of the shared variables (of host ``only`` alone, if given)."""
     problems = []
     main_host = deployment["main"]["host"]
     values = _host_values(hostvars, main_host)
@@ -454,6 +483,8 @@ def _deployment_problems(deployment, groups, hostvars):
     redis = deployment["backends"]["redis"]
     if redis["listen_tcp"]:
         for host in dict.fromkeys([redis["host"], *redis["client_hosts"]]):
+            if only is not None and host != only:
+                continue
             problem = check_secret("synapse_redis_password", _get(_host_values(hostvars, host), "synapse_redis_password"), True)
             if problem:
                 problems.append(
@@ -505,7 +536,7 @@ def _deployment_problems(deployment, groups, hostvars):
     return problems
 
 
-def input_problems(groups, hostvars, deployment=None):
+def input_problems(groups, hostvars, deployment=None, host=None, values=None):
     """Every problem with the shared variables, as messages; empty when all is well.
 
     ``groups`` and ``hostvars`` are the inventory's (any mappings: host name to
@@ -515,10 +546,14 @@ def input_problems(groups, hostvars, deployment=None):
     """
     groups = _groups(groups)
     hostvars = hostvars if isinstance(hostvars, Mapping) else {}
+    if host is not None:
+        hostvars = _OwnView(hostvars, str(host), values if isinstance(values, Mapping) else {})
     if deployment is not None:
-        return _deployment_problems(deployment, groups, hostvars)
+        return _deployment_problems(deployment, groups, hostvars, only=None if host is None else str(host))
     problems = _group_problems(groups)
     names = _inventory_hosts(groups)
+    if host is not None:
+        names = [name for name in names if name == str(host)]
     synapse_hosts = list(dict.fromkeys(h for g in (MAIN_GROUP, WORKERS_GROUP) for h in groups[g]))
     per_host = {}
     for host in names:

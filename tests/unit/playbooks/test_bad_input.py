@@ -246,9 +246,16 @@ CASES = [
      ["has port 65535", "TCP port from 1 to 65533"], []),
 ]
 
+def _templated_from_other_hosts(inventory):
+    """Shared values rendered from another host's variables, as the lab inventory does."""
+    inventory["all"]["vars"]["synapse_server_name"] = "{{ hostvars[groups['synapse_main'][0]]['ansible_host'] }}"
+    inventory["all"]["vars"]["synapse_public_host"] = "{{ synapse_server_name }}"
+
+
 GOOD = [
     ("good-one-host", {}, None),
     ("good-spanning-hosts", ON_APP2, None),
+    ("good-templated-from-other-hosts", ON_APP2, _templated_from_other_hosts),
 ]
 
 

@@ -281,3 +281,21 @@ def test_every_example_inventory_passes(name):
     topo = build_topology(shared.get("synapse_workers"), preset=shared.get("synapse_worker_preset"),
                           groups=groups, hostvars=plain)  # fmt: skip
     assert si.input_problems(groups, hostvars, deployment=topo) == []
+
+
+class _Unrenderable(dict):
+    """hostvars whose values other than addresses only render in their own host's context."""
+
+    def get(self, name, default=None):
+        if name in ("ansible_host", "synapse_address"):
+            return super().get(name, default)
+        raise AssertionError(f"{name} of another host was read")
+
+
+def test_a_host_checks_its_own_values_and_reads_only_addresses_of_the_others():
+    hostvars = {h: _Unrenderable(ansible_host=f"192.0.2.{i}") for i, h in enumerate(TWO_HOSTS["synapse_workers"], 1)}
+    own = {**GOOD, "synapse_server_name": "bad name"}
+    host = TWO_HOSTS["synapse_main"][0]
+    found = si.input_problems(TWO_HOSTS, hostvars, host=host, values=own)
+    assert len(found) == 1 and found[0].startswith("synapse_server_name 'bad name'")
+    assert si.input_problems(TWO_HOSTS, hostvars, host=host, values=GOOD) == []
