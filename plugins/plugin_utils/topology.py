@@ -522,6 +522,10 @@ def build_topology(
         },
         "socket_dir": listeners.socket_dir,
         "process_count": 1 + len(expanded),
+        # Whether replication runs over TCP between hosts: only then does it
+        # need worker_replication_secret (a UNIX socket is guarded by its
+        # permissions).
+        "replication_crosses_hosts": bool(expanded) and not replication_over_unix,
         # The host that holds the media store (and serves media).
         "media_host": media_host,
         "backends": _backends(

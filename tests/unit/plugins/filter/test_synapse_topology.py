@@ -426,6 +426,28 @@ def test_remote_proxy_reaches_main_over_tcp():
     assert topo["nginx"]["upstreams"]["synapse_main"]["servers"] == ["10.0.0.1:8008"]
 
 
+@pytest.mark.parametrize(
+    ("workers", "crosses"),
+    [
+        ([], False),
+        ([{"name": "sync", "types": ["synchrotron"], "hosts": ["app1"]}], False),
+        ([{"name": "sync", "types": ["synchrotron"], "hosts": ["app2"]}], True),
+    ],
+    ids=["monolith", "workers-beside-main", "worker-on-another-host"],
+)
+def test_replication_crosses_hosts_only_with_a_worker_away_from_main(workers, crosses):
+    topo = build_topology(workers, **THREE_HOSTS)
+    assert topo["replication_crosses_hosts"] is crosses
+    replication = [
+        listener
+        for process in [topo["main"], *topo["workers"]]
+        for listener in process["listeners"]
+        if listener["purpose"] == "replication"
+    ]
+    # Over TCP exactly when it crosses hosts.
+    assert all(("port" in listener) is crosses for listener in replication)
+
+
 def test_ipv6_addresses_are_bracketed_for_nginx():
     topo = build_topology(
         [{"name": "sync", "types": ["synchrotron"], "hosts": ["app2"]}],
