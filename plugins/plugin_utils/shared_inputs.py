@@ -8,7 +8,10 @@ synapse_database_password, synapse_address, ...) from the inventory's
 ``groups`` and ``hostvars`` and returns one message per problem, each naming
 the variable, the bad value and the fix. A password's value is never part of
 a message: it says the password is empty, not a string, or where a control
-character sits. Given the derived deployment as well, it also checks what the
+character sits. The nginx role's input that nginx would misread or that the
+collection no longer reads (the admin API's allow-list, removed variables) is
+checked here too, so it fails before any host changes rather than in the last
+play. Given the derived deployment as well, it also checks what the
 deployment asks of those variables (a Redis password once Redis listens on
 TCP, IP addresses where processes meet over TCP, socket paths within the
 UNIX limit, workers only on hosts the playbooks deploy them to).
@@ -62,6 +65,25 @@ SHARED_DIRECTORIES = frozenset(
         "/var/run/postgresql", "/run/redis", "/var/run/redis", "/var/lib/postgresql",
     }
 )  # fmt: skip
+
+# Variables the collection no longer reads, each with what replaces it: a run
+# that still sets one is refused, so no setting is silently ignored.
+REMOVED_VARIABLES = {
+    "nginx_expose_admin_api": (
+        "nginx_admin_api_allowed_clients replaced it: the admin API is closed at nginx unless "
+        "that list names the client addresses allowed to reach it. Remove nginx_expose_admin_api "
+        "and set nginx_admin_api_allowed_clients to those addresses or networks, e.g. "
+        "[203.0.113.7, 192.0.2.0/24, 2001:db8::/64], or leave it unset to keep the admin API closed."
+    ),
+}
+ALLOWED_CLIENTS = "nginx_admin_api_allowed_clients"
+ALLOWED_CLIENTS_FIX = (
+    "list IP addresses or CIDR networks, IPv4 or IPv6, e.g. [203.0.113.7, 192.0.2.0/24, "
+    "2001:db8::/64] ([] keeps the admin API closed)"
+)
+# What an address or network may be written with: nginx's geo reads nothing
+# else (no netmasks, no zone index such as %eth0).
+CLIENT_RE = re.compile(r"\A[0-9A-Fa-f.:]+(?:/[0-9]{1,3})?\Z")
 
 SERVER_NAME_FIX = (
     "set it to a DNS name such as example.org, an IPv4 address, or an IPv6 "
@@ -359,6 +381,48 @@ def check_address(host, value):
     return None
 
 
+def check_removed(name, value):
+    """A variable the collection no longer reads: refused whenever it is set."""
+    if value is None:
+        return None
+    return f"{name} is set ({show(value)}) but no longer read; {REMOVED_VARIABLES[name]}"
+
+
+def _client_problem(entry):
+    """Why one entry of the admin API's allow-list is not an address or network nginx reads, or None."""
+    if entry is None:
+        return "is empty (null)"
+    if not isinstance(entry, str):
+        quote = " (quote it in YAML)" if isinstance(entry, (int, float)) and not isinstance(entry, bool) else ""
+        return f"is a {kind(entry)}, {show(entry)}{quote}"
+    if not CLIENT_RE.match(entry):
+        return f"is {show(entry)}, not an IP address or CIDR network"
+    try:
+        network = ipaddress.ip_network(entry, strict=False)
+    except ValueError:
+        return f"is {show(entry)}, not an IP address or CIDR network"
+    if "/" in entry and network.network_address != ipaddress.ip_address(entry.split("/")[0]):
+        return (
+            f"is {show(entry)}, whose address has bits set beyond the prefix: write the network as "
+            f"{str(network)!r}, or the one address as {entry.split('/')[0]!r}"
+        )
+    return None
+
+
+def check_allowed_clients(value):
+    """nginx_admin_api_allowed_clients: a list of IP addresses or CIDR networks (one message per bad entry)."""
+    if value is None:
+        return []
+    if not isinstance(value, (list, tuple)):
+        return [f"{ALLOWED_CLIENTS} is a {kind(value)}, {show(value)}; {ALLOWED_CLIENTS_FIX}."]
+    problems = []
+    for index, entry in enumerate(value):
+        problem = _client_problem(entry)
+        if problem:
+            problems.append(f"{ALLOWED_CLIENTS}[{index}] {problem}; {ALLOWED_CLIENTS_FIX}.")
+    return problems
+
+
 # What a host may read of another host's variables: its addresses, which
 # inventories give as plain values. Anything else may be a template that only
 # renders in that host's own task context.
@@ -432,6 +496,8 @@ def _shared_problems(values, synapse_hosts):
         check_preset(_get(values, "synapse_worker_preset")),
         check_workers_type(_get(values, "synapse_workers")),
         check_media_host(_get(values, "synapse_media_host"), synapse_hosts),
+        *(check_removed(name, _get(values, name)) for name in REMOVED_VARIABLES),
+        *check_allowed_clients(_get(values, ALLOWED_CLIENTS)),
     ]
     return [problem for problem in checks if problem]
 
@@ -464,6 +530,39 @@ def _group_problems(groups):
             f"{WORKERS_GROUP!r}."
         ]
     return []
+
+
+def _firewall_problems(deployment, hostvars, only):
+    """synapse_firewall_enabled of each host, and addresses its rules can match."""
+    problems = []
+    for host, rules in deployment.get("firewall", {}).items():
+        if only is not None and host != only:
+            continue
+        enabled = _get(_host_values(hostvars, host), "synapse_firewall_enabled")
+        if enabled is None:
+            continue
+        if isinstance(enabled, str) and enabled.lower() in ("true", "yes", "false", "no"):
+            enabled = enabled.lower() in ("true", "yes")  # as given with --extra-vars
+        if not isinstance(enabled, bool):
+            problems.append(
+                f"synapse_firewall_enabled of host {host} is {show(enabled)}; set it to true or false."
+            )
+            continue
+        if not enabled:
+            continue
+        named = {}
+        for rule in rules:
+            for source in rule["sources"]:
+                if _ip(source) is None:
+                    named.setdefault(source, []).append(f"{rule['port']} ({rule['purpose']})")
+        for source, ports in named.items():
+            problems.append(
+                f"the firewall of {host} (synapse_firewall_enabled) must admit the host reached at "
+                f"{show(source)} to ports {', '.join(ports)}, but nftables matches IP addresses "
+                "only: give that host synapse_address (or ansible_host) with its IP address, "
+                "e.g. 10.0.0.2."
+            )
+    return problems
 
 
 def _deployment_problems(deployment, groups, hostvars, only=None):
@@ -522,6 +621,8 @@ def _deployment_problems(deployment, groups, hostvars, only=None):
                 "an IP address other hosts can reach: set synapse_address for "
                 f"{host} to its IP address, e.g. 10.0.0.2."
             )
+
+    problems.extend(_firewall_problems(deployment, hostvars, only))
 
     for process in [deployment["main"], *deployment["workers"]]:
         for listener in process["listeners"]:

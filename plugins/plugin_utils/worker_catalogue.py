@@ -124,9 +124,15 @@ STREAMS_MAIN_ALSO_WRITES = frozenset({"quarantined_media_changes"})
 # methods only. HEAD is answered as GET (synapse/http/server.py).
 READ_METHODS = ("GET", "HEAD")
 
-# Paths the reverse proxy must never forward: replication is unauthenticated
-# and unencrypted (docs/workers.md, "Shared configuration").
-PROXY_DENIED_PATTERNS = ("^/_synapse/replication/",)
+# Paths the reverse proxy must never forward:
+# - replication is unauthenticated and unencrypted (docs/workers.md, "Shared
+#   configuration");
+# - metrics are unauthenticated and tell anyone the server's load, users and
+#   rooms: an HTTP listener given the `metrics` resource (with enable_metrics)
+#   serves them at /_synapse/metrics (METRICS_PREFIX, synapse/metrics/__init__.py),
+#   so a listener nginx forwards to must not hand them to the public server;
+#   they are scraped on a private listener instead.
+PROXY_DENIED_PATTERNS = ("^/_synapse/replication/", "^/_synapse/metrics")
 
 # A prefix shared by many client-server regexes below.
 _C = "^/_matrix/client/(api/v1|r0|v3|unstable)"

@@ -81,6 +81,12 @@ def _worker(**entry):
     return {"synapse_workers": [{"name": "sync", "types": ["synchrotron"], **entry}]}
 
 
+def _nginx_by_name_only(inventory):
+    """nginx alone on a host the inventory knows by name only."""
+    inventory["all"]["hosts"]["proxy1"] = {}
+    inventory["all"]["children"]["nginx"]["hosts"] = {"proxy1": {}}
+
+
 ON_APP2 = _worker(hosts=["app2"])
 LONG_DIR = "/run/" + "d" * 80
 
@@ -244,6 +250,31 @@ CASES = [
      ["has port '8500'", "written without quotes"], []),
     ("worker-port-range", _worker(port=65535, count=2), None,
      ["has port 65535", "TCP port from 1 to 65533"], []),
+    # nginx's admin API: the removed switch, and an allow-list nginx reads
+    ("admin-api-switch-removed", {"nginx_expose_admin_api": False}, None,
+     ["nginx_expose_admin_api is set (False) but no longer read", "nginx_admin_api_allowed_clients replaced it",
+      "Remove nginx_expose_admin_api and set nginx_admin_api_allowed_clients"], []),
+    ("admin-api-switch-on-proxy-host", {}, _host("app1", nginx_expose_admin_api=True),
+     ["nginx_expose_admin_api is set (True)", "set nginx_admin_api_allowed_clients to those addresses"], []),
+    ("admin-clients-string", {"nginx_admin_api_allowed_clients": "192.0.2.7"}, None,
+     ["nginx_admin_api_allowed_clients is a string, '192.0.2.7'", "list IP addresses or CIDR networks"], []),
+    ("admin-clients-name", {"nginx_admin_api_allowed_clients": ["admin.example.org"]}, None,
+     ["nginx_admin_api_allowed_clients[0] is 'admin.example.org', not an IP address or CIDR network",
+      "list IP addresses or CIDR networks"], []),
+    ("admin-clients-netmask", {"nginx_admin_api_allowed_clients": ["192.0.2.0/255.255.255.0"]}, None,
+     ["nginx_admin_api_allowed_clients[0] is '192.0.2.0/255.255.255.0', not an IP address or CIDR network",
+      "e.g. [203.0.113.7, 192.0.2.0/24"], []),
+    ("admin-clients-host-bits", {"nginx_admin_api_allowed_clients": ["203.0.113.7", "2001:db8::1/64"]}, None,
+     ["nginx_admin_api_allowed_clients[1] is '2001:db8::1/64'",
+      "write the network as '2001:db8::/64', or the one address as '2001:db8::1'"], []),
+    ("admin-clients-number", {"nginx_admin_api_allowed_clients": [10]}, None,
+     ["nginx_admin_api_allowed_clients[0] is a number, 10", "quote it in YAML"], []),
+    # The firewall: a flag, and addresses nftables can match
+    ("firewall-flag-word", {"synapse_firewall_enabled": "maybe"}, None,
+     ["synapse_firewall_enabled of host app1 is 'maybe'", "set it to true or false"], []),
+    ("firewall-admits-a-name", {"synapse_firewall_enabled": True}, _nginx_by_name_only,
+     ["the firewall of app1 (synapse_firewall_enabled) must admit the host reached at 'proxy1'",
+      "8008 (http of main)", "give that host synapse_address (or ansible_host) with its IP address"], []),
 ]
 
 def _templated_from_other_hosts(inventory):
@@ -256,6 +287,7 @@ GOOD = [
     ("good-one-host", {}, None),
     ("good-spanning-hosts", ON_APP2, None),
     ("good-templated-from-other-hosts", ON_APP2, _templated_from_other_hosts),
+    ("good-admin-api-allow-list", {"nginx_admin_api_allowed_clients": ["192.0.2.0/24", "2001:db8::/64"]}, None),
 ]
 
 

@@ -4,7 +4,8 @@ Each layout (one host with UNIX sockets, nginx on its own host over TCP, every
 preset) is rendered with the role's defaults and vars, then checked: maps,
 upstreams with their servers and balancing, the denied patterns as the first
 regex locations, every route after them in the topology's order, TLS listeners,
-.well-known answers and the access log. Where nginx is installed (Debian's
+.well-known answers, the admin API (closed, or open to an allow-list) and the
+access log. Where nginx is installed (Debian's
 `nginx`/`nginx-light`), nginx itself judges the rendered file with `nginx -t`,
 and the role's validate wrapper is run against a scratch /etc/nginx layout.
 """
@@ -259,14 +260,72 @@ def test_routes_follow_the_denied_patterns_in_order(layout):
         assert f"set $synapse_upstream {nginx['default_upstream']};" in default[0]
 
 
-def test_replication_denied_and_admin_api_toggle(layout):
+def test_replication_and_metrics_denied(layout):
     _, topo, text = layout
-    assert "^/_synapse/replication/" in topo["nginx"]["denied_patterns"]
-    assert "location ^~" not in text
-    closed = render(SITE_TEMPLATE, topo, nginx_expose_admin_api=False)
-    for body in tls_servers(closed):
-        admin = [inner for modifier, arg, inner in locations(body) if modifier == "^~" and arg == "/_synapse/admin"]
-        assert len(admin) == 1 and "return 404;" in admin[0]
+    denied = topo["nginx"]["denied_patterns"]
+    assert "^/_synapse/replication/" in denied and "^/_synapse/metrics" in denied
+    for body in tls_servers(text):
+        regex = [unquote(arg) for modifier, arg, _ in locations(body) if modifier == "~"]
+        assert regex[: len(denied)] == denied
+
+
+ALLOWED = ["192.0.2.0/24", "203.0.113.7", "2001:db8::/64"]
+REFUSED_MAP = (
+    'map "$polylith_synapse_admin_api_client:$uri" $polylith_synapse_admin_api_refused {\n'
+    "    default 0;\n"
+    '    "~^0:/_synapse/admin" 1;\n'
+    "}\n"
+)
+REFUSED_IF = (
+    "    if ($polylith_synapse_admin_api_refused) {\n"
+    '        set $synapse_upstream "denied";\n'
+    "        return 403;\n"
+    "    }\n"
+)
+
+
+def admin_locations(body):
+    return [inner for modifier, arg, inner in locations(body) if modifier == "^~" and arg == "/_synapse/admin"]
+
+
+def test_admin_api_closed_by_default(layout):
+    _, _, text = layout
+    assert "geo " not in text and "polylith_synapse_admin_api" not in text
+    for body in tls_servers(text):
+        (admin,) = admin_locations(body)
+        assert 'set $synapse_upstream "denied";' in admin and "return 404;" in admin
+        # Before every regex location; `^~` keeps them from matching under the prefix.
+        modifiers = [modifier for modifier, _, _ in locations(body)]
+        assert modifiers.index("^~") < modifiers.index("~")
+    assert render(SITE_TEMPLATE, layout[1], nginx_admin_api_allowed_clients=None) == text
+
+
+def test_admin_api_open_to_the_allowed_clients_only(layout):
+    _, topo, _ = layout
+    text = render(SITE_TEMPLATE, topo, nginx_admin_api_allowed_clients=[*ALLOWED, ALLOWED[0]])
+    (geo,) = blocks(text, "geo")
+    assert geo[0] == "$remote_addr $polylith_synapse_admin_api_client"
+    assert [line.strip() for line in geo[1].strip().splitlines()] == ["default 0;", *(f"{c} 1;" for c in ALLOWED)]
+    assert REFUSED_MAP in text
+    for body in tls_servers(text):
+        assert not admin_locations(body)
+        # After the server's own `set`, so the log names the refusal.
+        assert '    set $synapse_upstream "-";\n\n    # The admin API' in body
+        assert body.count(REFUSED_IF) == 1
+    # The plain-HTTP server only redirects.
+    assert sum(body.count(REFUSED_IF) for body in servers(text)) == len(tls_servers(text))
+
+
+@pytest.mark.parametrize(
+    ("clients", "defaults"),
+    [(["0.0.0.0/0"], ["::/0 0;"]), (["::/0", "10.0.0.1"], ["0.0.0.0/0 0;"]), (["0.0.0.0/0", "::/0"], [])],
+)
+def test_admin_api_open_to_a_whole_address_family(clients, defaults):
+    # A listed /0 network replaces geo's default for its family, which nginx
+    # would otherwise report as a network given twice.
+    text = render(SITE_TEMPLATE, LAYOUTS["single-host"](), nginx_admin_api_allowed_clients=clients)
+    ((_, geo),) = blocks(text, "geo")
+    assert [line.strip() for line in geo.strip().splitlines()] == [*defaults, *(f"{c} 1;" for c in clients)]
 
 
 def test_listeners_tls_and_redirect(layout):
@@ -459,7 +518,7 @@ def test_nginx_accepts_the_rendered_site(tmp_path, name):
 def test_nginx_accepts_the_variants(tmp_path):
     site = tmp_path / "matrix-synapse.conf"
     site.write_text(render_for_nginx(
-        tmp_path, LAYOUTS["single-host"](), nginx_expose_admin_api=False, nginx_federation_port=0,
+        tmp_path, LAYOUTS["single-host"](), nginx_admin_api_allowed_clients=ALLOWED, nginx_federation_port=0,
         nginx_upstream_keepalive=0, nginx_https_port=8443, nginx_listen_ipv6=False,
         nginx_server_extra_config="add_header X-Test yes;\nkeepalive_timeout 30s;",
     ))
@@ -467,6 +526,21 @@ def test_nginx_accepts_the_variants(tmp_path):
     conf.write_text(scratch_main_conf(tmp_path, str(site)))
     result = nginx_test(tmp_path, conf)
     assert result.returncode == 0, result.stderr + "\n" + site.read_text()
+
+
+@needs_nginx
+@pytest.mark.parametrize("clients", [ALLOWED, ["127.0.0.1", "::1"], ["0.0.0.0/0"], ["0.0.0.0/0", "::/0"]],
+                         ids=["networks", "loopback", "every-ipv4", "everyone"])  # fmt: skip
+@pytest.mark.parametrize("name", ["single-host", "multi-host", "preset-one-of-each"])
+def test_nginx_accepts_the_admin_api_allow_list(tmp_path, name, clients):
+    site = tmp_path / "matrix-synapse.conf"
+    site.write_text(render_for_nginx(tmp_path, LAYOUTS[name](), nginx_admin_api_allowed_clients=clients))
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(scratch_main_conf(tmp_path, str(site)))
+    result = nginx_test(tmp_path, conf)
+    assert result.returncode == 0, result.stderr + "\n" + site.read_text()
+    # Not even a warning (such as a network given twice).
+    assert "[warn]" not in result.stderr, result.stderr
 
 
 @needs_nginx

@@ -81,6 +81,7 @@ CASES = [
     ("PUT", "/_matrix/client/v3/rooms/!r:example.org/send/m.room.message/t1", "event_creator"),
     ("POST", "/_matrix/client/v3/logout", "main"),
     ("GET", "/_synapse/replication/foo", "denied"),
+    ("GET", "/_synapse/metrics", "denied"),
 ]
 
 
@@ -343,15 +344,15 @@ def _free_port():
         return probe.getsockname()[1]
 
 
-def _run_nginx_and_send(tmp_path, topo, requests):
-    """Serve the rendered site with nginx and return the upstream it logged for each request."""
+def _serve(tmp_path, topo, requests, **overrides):
+    """Serve the rendered site with nginx on loopback: (status, logged upstream) of each request."""
     site_tests = _nginx_template_tests()
     assert site_tests.NGINX is not None, "nginx is not installed: tests/run installs nginx-light"
     port = _free_port()
     site = tmp_path / "matrix-synapse.conf"
     site.write_text(site_tests.render_for_nginx(
         tmp_path, topo, nginx_https_port=port, nginx_federation_port=0,
-        nginx_http_port=0, nginx_listen_ipv6=False,
+        nginx_http_port=0, nginx_listen_ipv6=False, **overrides,
     ))
     conf = tmp_path / "nginx.conf"
     conf.write_text("daemon off;\nmaster_process off;\n" + site_tests.scratch_main_conf(tmp_path, str(site)))
@@ -371,18 +372,26 @@ def _run_nginx_and_send(tmp_path, topo, requests):
                 assert process.poll() is None, process.stderr.read()
                 assert time.monotonic() < deadline, "nginx did not start listening"
                 time.sleep(0.1)
+        statuses = []
         for method, path in requests:
             connection = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=10)
             connection.request(method, path, body=b"{}" if method in ("POST", "PUT") else None,
                                headers={"Host": "matrix.example.org"})
-            connection.getresponse().read()
+            response = connection.getresponse()
+            response.read()
+            statuses.append(response.status)
             connection.close()
     finally:
         process.terminate()
         process.wait(timeout=10)
     logged = re.findall(r'"(\S+) (\S+) HTTP/[\d.]+" .*? upstream=(\S+) ', (tmp_path / "matrix-synapse.access.log").read_text())
     assert [(m, p) for m, p, _ in logged] == list(requests)
-    return [upstream for _, _, upstream in logged]
+    return [(status, upstream) for status, (_, _, upstream) in zip(statuses, logged)]
+
+
+def _run_nginx_and_send(tmp_path, topo, requests):
+    """Serve the rendered site with nginx and return the upstream it logged for each request."""
+    return [upstream for _, upstream in _serve(tmp_path, topo, requests)]
 
 
 def test_nginx_sends_each_request_where_the_topology_says(tmp_path):
@@ -402,3 +411,50 @@ def test_nginx_catches_a_broken_method_map(tmp_path):
     logged = _run_nginx_and_send(tmp_path, topo, [("POST", f"{DELAYED}/syd_abc"), ("GET", f"{DELAYED}/syd_abc")])
     assert logged == ["synapse_client_reader", "synapse_client_reader"]
     assert served_by(topology()["nginx"], logged[0]) != "main"
+
+
+# --- the admin API through nginx -------------------------------------------------
+
+# server_version asks for no access token; the media and room admin routes
+# are workers' regex locations, which a `^~` prefix location would hide.
+ADMIN_REQUESTS = [
+    ("GET", "/_synapse/admin/v1/server_version"),
+    ("GET", "/_synapse/admin/v1/media/example.org/abcdefgh"),
+    ("POST", "/_synapse/admin/v1/rooms/!r:example.org"),
+]
+CLIENT_REQUEST = ("GET", "/_matrix/client/versions")
+METRICS_REQUEST = ("GET", "/_synapse/metrics")
+
+
+def _proxied(nginx, requests):
+    """(status, upstream) of requests nginx forwards: 502, since no Synapse listens in the test."""
+    return [(502, upstream_for(nginx, m, p)) for m, p in requests]
+
+
+def _admin_answers(tmp_path, **overrides):
+    """What nginx answers 127.0.0.1 for the admin requests; the client API and metrics must not change."""
+    topo = topology()
+    answers = _serve(tmp_path, topo, [*ADMIN_REQUESTS, CLIENT_REQUEST, METRICS_REQUEST], **overrides)
+    assert answers[len(ADMIN_REQUESTS):] == [*_proxied(topo["nginx"], [CLIENT_REQUEST]), (404, "denied")]
+    return answers[: len(ADMIN_REQUESTS)], topo["nginx"]
+
+
+def test_routes_of_the_admin_api_reach_main_and_the_workers():
+    nginx = topology()["nginx"]
+    upstreams = [upstream_for(nginx, m, p) for m, p in ADMIN_REQUESTS]
+    assert upstreams == ["synapse_main", "synapse_media_repository", "synapse_client_reader"]
+
+
+def test_nginx_closes_the_admin_api_by_default(tmp_path):
+    answers, _ = _admin_answers(tmp_path)
+    assert answers == [(404, "denied")] * len(ADMIN_REQUESTS)
+
+
+def test_nginx_refuses_the_admin_api_to_a_client_not_allowed(tmp_path):
+    answers, _ = _admin_answers(tmp_path, nginx_admin_api_allowed_clients=["192.0.2.0/24", "2001:db8::/64"])
+    assert answers == [(403, "denied")] * len(ADMIN_REQUESTS)
+
+
+def test_nginx_forwards_the_admin_api_from_an_allowed_client(tmp_path):
+    answers, nginx = _admin_answers(tmp_path, nginx_admin_api_allowed_clients=["192.0.2.0/24", "127.0.0.1"])
+    assert answers == _proxied(nginx, ADMIN_REQUESTS)

@@ -178,6 +178,56 @@ def test_shared_variables_refused(name, value, match):
     assert name in message
 
 
+@pytest.mark.parametrize(
+    "clients",
+    [None, [], ["203.0.113.7"], ["192.0.2.0/24", "2001:db8::/64", "::1", "2001:DB8::/32", "::ffff:192.0.2.1"],
+     ["0.0.0.0/0", "::/0"], ("10.0.0.0/8",)],
+)  # fmt: skip
+def test_admin_api_allow_lists_accepted(clients):
+    assert si.check_allowed_clients(clients) == []
+    assert problems(nginx_admin_api_allowed_clients=clients) == []
+
+
+@pytest.mark.parametrize(
+    ("clients", "match"),
+    [
+        ("10.0.0.1", "nginx_admin_api_allowed_clients is a string, '10.0.0.1'"),
+        ({"10.0.0.1": 1}, "nginx_admin_api_allowed_clients is a mapping"),
+        (True, "nginx_admin_api_allowed_clients is a boolean, True"),
+        (["localhost"], "nginx_admin_api_allowed_clients[0] is 'localhost', not an IP address or CIDR network"),
+        (["10.0.0.1", "all"], "nginx_admin_api_allowed_clients[1] is 'all', not an IP address"),
+        (["default"], "is 'default', not an IP address"),
+        ([""], "is '', not an IP address"),
+        (["10.0.0.0/255.0.0.0"], "is '10.0.0.0/255.0.0.0', not an IP address or CIDR network"),
+        (["10.0.0.0/33"], "is '10.0.0.0/33', not"),
+        (["fe80::1%eth0"], "is 'fe80::1%eth0', not"),
+        (["10.0.0.1 1; }"], "is '10.0.0.1 1; }', not"),
+        (["10.0.0.256"], "is '10.0.0.256', not"),
+        (["192.0.2.1/24"], "write the network as '192.0.2.0/24', or the one address as '192.0.2.1'"),
+        (["2001:db8::1/64"], "write the network as '2001:db8::/64', or the one address as '2001:db8::1'"),
+        ([10], "nginx_admin_api_allowed_clients[0] is a number, 10 (quote it in YAML)"),
+        ([None], "nginx_admin_api_allowed_clients[0] is empty (null)"),
+        ([["10.0.0.1"]], "nginx_admin_api_allowed_clients[0] is a list, ['10.0.0.1']"),
+    ],
+)
+def test_admin_api_allow_lists_refused(clients, match):
+    message = one(match, nginx_admin_api_allowed_clients=clients)
+    assert "list IP addresses or CIDR networks" in message and "e.g. [203.0.113.7" in message, message
+
+
+def test_every_bad_entry_of_the_allow_list_is_named():
+    found = problems(nginx_admin_api_allowed_clients=["10.0.0.1", "nope", "10.0.0.1/8", 5])
+    assert [p.split(" ")[0] for p in found] == [f"nginx_admin_api_allowed_clients[{i}]" for i in (1, 2, 3)]
+
+
+@pytest.mark.parametrize("value", [True, False, "yes"])
+def test_the_removed_admin_api_switch_is_refused(value):
+    message = one("nginx_expose_admin_api is set", nginx_expose_admin_api=value)
+    assert f"({value!r})" in message
+    assert "nginx_admin_api_allowed_clients replaced it" in message
+    assert "Remove nginx_expose_admin_api and set nginx_admin_api_allowed_clients" in message
+
+
 def test_socket_dir_limit_is_exact():
     # 85 bytes of directory plus /main-replication.sock is the 107 bytes sun_path allows.
     assert si.check_socket_dir("/run/" + "x" * 80) is None
