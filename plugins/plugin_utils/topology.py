@@ -17,6 +17,13 @@ import re
 
 from ansible.errors import AnsibleFilterError
 
+from ansible_collections.polylith.synapse.plugins.plugin_utils.firewall import (
+    guarded_ports,
+)
+from ansible_collections.polylith.synapse.plugins.plugin_utils.metrics import (
+    derive_metrics,
+    metrics_settings,
+)
 from ansible_collections.polylith.synapse.plugins.plugin_utils.shared_inputs import (
     kind,
     show,
@@ -206,6 +213,7 @@ def _expand(entries):
                     "types": entry["types"],
                     "host": host,
                     "port": port,
+                    "number": number,
                 }
             )
     return instances
@@ -372,6 +380,7 @@ def build_topology(
     main_replication_port=DEFAULT_MAIN_REPLICATION_PORT,
     port_base=DEFAULT_WORKER_PORT_BASE,
     replication_port_base=DEFAULT_REPLICATION_PORT_BASE,
+    metrics=None,
 ):
     """Validate the worker list and derive the whole deployment from it.
 
@@ -389,7 +398,8 @@ def build_topology(
     and redis. ``backend_settings`` sets the PostgreSQL port, database and
     user and the Redis port (see BACKEND_DEFAULTS); None keeps a default.
     ``media_host`` holds the media store (default: the main host): the media
-    repositories run there.
+    repositories run there. ``metrics`` (enabled, port, port_base) gives
+    every process a metrics listener on its host's address (see metrics.py).
     """
     if groups is not None:
         layout = inventory_layout(groups, hostvars or {})
@@ -512,6 +522,25 @@ def build_topology(
         )
 
     shared = _shared_config(main, expanded)
+    backends = _backends(
+        main_host,
+        synapse_hosts,
+        hosts,
+        backend_hosts or {},
+        backend_addresses or {},
+        _backend_settings(backend_settings),
+    )
+    metrics_section = derive_metrics(
+        main,
+        expanded,
+        [instance["number"] for instance in instances],
+        hosts,
+        metrics_settings(metrics, len(expanded)),
+        listeners.taken,
+        backends,
+    )
+    if metrics_section["enabled"]:
+        shared["enable_metrics"] = True
     return {
         "main": main,
         "workers": expanded,
@@ -528,14 +557,13 @@ def build_topology(
         "replication_crosses_hosts": bool(expanded) and not replication_over_unix,
         # The host that holds the media store (and serves media).
         "media_host": media_host,
-        "backends": _backends(
-            main_host,
-            synapse_hosts,
-            hosts,
-            backend_hosts or {},
-            backend_addresses or {},
-            _backend_settings(backend_settings),
-        ),
+        "backends": backends,
+        # Per host, the TCP ports only the deployment's hosts may reach (for
+        # the optional firewall).
+        "firewall": guarded_ports([main, *expanded], hosts, proxy_hosts, synapse_hosts, backends),
+        # Each process's metrics listener (host, address, port) and the
+        # Prometheus scrape config; empty unless metrics are on.
+        "metrics": metrics_section,
     }
 
 

@@ -95,21 +95,55 @@ def test_synapse_accepts_every_preset(tmp_path, name):
     assert _check_all(tmp_path, topo) == 1 + len(topo["workers"])
 
 
+MULTI_HOST = {
+    "main_host": "app1",
+    "media_host": "app3",
+    "hosts": {"app1": "10.0.0.1", "app2": "10.0.0.2", "app3": "10.0.0.3"},
+}
+MULTI_HOST_WORKERS = [
+    {"name": "writers", "types": ["typing", "to_device", "account_data", "presence", "push_rules"], "hosts": ["app2"]},
+    {"name": "persister", "types": ["event_persister"], "count": 2, "hosts": ["app2", "app3"]},
+    {"name": "sync", "types": ["synchrotron"], "count": 2, "hosts": ["app1", "app3"]},
+    {"name": "media", "types": ["media_repository"], "hosts": ["app3"]},
+    {"name": "sender", "types": ["federation_sender"], "count": 2, "hosts": ["app2", "app3"]},
+]
+
+
 def test_synapse_accepts_a_multi_host_layout_over_tcp(tmp_path):
-    topo = build_topology(
-        [
-            {"name": "writers", "types": ["typing", "to_device", "account_data", "presence", "push_rules"], "hosts": ["app2"]},
-            {"name": "persister", "types": ["event_persister"], "count": 2, "hosts": ["app2", "app3"]},
-            {"name": "sync", "types": ["synchrotron"], "count": 2, "hosts": ["app1", "app3"]},
-            {"name": "media", "types": ["media_repository"], "hosts": ["app3"]},
-            {"name": "sender", "types": ["federation_sender"], "count": 2, "hosts": ["app2", "app3"]},
-        ],
-        main_host="app1",
-        media_host="app3",
-        hosts={"app1": "10.0.0.1", "app2": "10.0.0.2", "app3": "10.0.0.3"},
-    )
+    topo = build_topology(MULTI_HOST_WORKERS, **MULTI_HOST)
     assert "host" in topo["shared_config"]["instance_map"]["writers"]
     assert _check_all(tmp_path, topo) == 1 + len(topo["workers"])
+
+
+def _synapse_read(key, *paths):
+    """A setting as Synapse parsed it (`python -m synapse.config read KEY`)."""
+    args = [sys.executable, "-m", "synapse.config", "read", key]
+    for path in paths:
+        args += ["-c", str(path)]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_synapse_accepts_metrics_listeners_on_every_process(tmp_path):
+    topo = build_topology(MULTI_HOST_WORKERS, metrics={"enabled": True}, **MULTI_HOST)
+    assert _check_all(tmp_path, topo) == 1 + len(topo["workers"])
+    homeserver = tmp_path / "homeserver.yaml"
+    assert "metrics.enable_metrics: True" in _synapse_read("metrics.enable_metrics", homeserver)
+    # Synapse reads them as its dedicated metrics listeners, on the host's address.
+    listeners = _synapse_read("server.listeners", homeserver)
+    assert "TCPListenerConfig(port=19090, bind_addresses=['10.0.0.1'], type='metrics'" in listeners
+    target = next(t for t in topo["metrics"]["targets"] if t["name"] == "sender2")
+    assert (target["host"], target["address"]) == ("app3", "10.0.0.3")
+    worker_listeners = _synapse_read("worker.worker_listeners", homeserver, tmp_path / "sender2.yaml")
+    assert f"TCPListenerConfig(port={target['port']}, bind_addresses=['10.0.0.3'], type='metrics'" in worker_listeners
+
+
+def test_synapse_accepts_a_monolith_with_metrics(tmp_path):
+    topo = build_topology(None, metrics={"enabled": True}, main_host="app1", hosts={"app1": "127.0.0.1"})
+    assert topo["shared_config"] == {"enable_metrics": True}
+    assert _check_all(tmp_path, topo) == 1
+    assert "type='metrics'" in _synapse_read("server.listeners", tmp_path / "homeserver.yaml")
 
 
 def test_synapse_rejects_what_the_filter_refuses(tmp_path):

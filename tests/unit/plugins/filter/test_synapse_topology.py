@@ -266,8 +266,9 @@ ROUTED_PATHS = [
     ("/_matrix/client/v3/rooms/!r:example.test/upgrade", "main"),
     ("/_matrix/client/v3/no_such_endpoint", "main"),
     ("/", "main"),
-    # Replication never leaves the host through the proxy
+    # Replication never leaves the host through the proxy, nor do metrics
     ("/_synapse/replication/send_event/abc", "denied"),
+    ("/_synapse/metrics", "denied"),
 ]
 
 
@@ -281,7 +282,7 @@ def test_real_paths_reach_the_right_worker_type(path, expected):
 
 
 @pytest.mark.parametrize(("path", "expected"), ROUTED_PATHS)
-def test_monolith_sends_everything_but_replication_to_main(path, expected):
+def test_monolith_sends_everything_not_denied_to_main(path, expected):
     assert route(topology(None), path)[0] == ("denied" if expected == "denied" else "main")
 
 
