@@ -1,0 +1,210 @@
+"""The optional firewall: which ports each host guards, the nftables rules the
+_deployment role renders for them, and the probe verify judges them with.
+
+Where nftables is installed (Debian's `nftables`; tests/run installs it), nft
+itself checks the rendered rules (`nft --check`, which changes nothing).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import subprocess
+
+import pytest
+from ansible.parsing.dataloader import DataLoader
+from ansible.plugins.loader import init_plugin_loader
+from ansible.template import Templar, trust_as_template
+
+from ansible_collections.polylith.synapse.plugins.plugin_utils.shared_inputs import (
+    input_problems,
+)
+from ansible_collections.polylith.synapse.plugins.plugin_utils.topology import (
+    build_topology,
+)
+from conftest import ROOT
+
+ROLE = ROOT / "roles" / "_deployment"
+init_plugin_loader()
+
+# The multi-host example's shape: PostgreSQL and Redis on db, nginx, main and
+# the stream writer on edge, sync workers on wa and wb.
+HOSTS = {"edge": "10.0.0.10", "wa": "10.0.0.31", "wb": "10.0.0.32"}
+MULTI_HOST = {
+    "hosts": HOSTS,
+    "main_host": "edge",
+    "proxy_hosts": ["edge"],
+    "backend_hosts": {"postgres": "db", "redis": "db"},
+    "backend_addresses": {"db": "10.0.0.20"},
+}
+WORKERS = [
+    {"name": "persister", "types": ["event_persister"], "hosts": ["edge"]},
+    {"name": "sync", "types": ["synchrotron"], "count": 2, "hosts": ["wa", "wb"]},
+]
+SYNAPSE_ADDRESSES = ["10.0.0.10", "10.0.0.31", "10.0.0.32"]
+
+
+def by_purpose(rules):
+    return {rule["purpose"]: rule for rule in rules}
+
+
+def test_each_internal_port_admits_only_the_hosts_that_use_it():
+    firewall = build_topology(WORKERS, **MULTI_HOST)["firewall"]
+    edge = by_purpose(firewall["edge"])
+    # Replication: every Synapse host may call main and the stream writer.
+    assert set(edge) == {"replication of main", "replication of persister"}
+    assert all(rule["sources"] == SYNAPSE_ADDRESSES for rule in edge.values())
+    # The sync workers' listeners: nginx on the edge alone.
+    assert [(r["purpose"], r["address"], r["port"], r["sources"]) for r in firewall["wa"]] == [
+        ("http of sync1", "10.0.0.31", 8102, ["10.0.0.10"])
+    ]
+    # PostgreSQL and Redis: the Synapse hosts, each on the backend's own port.
+    db = by_purpose(firewall["db"])
+    assert {name: (r["port"], r["speaks"], r["sources"]) for name, r in db.items()} == {
+        "postgres": (5432, "postgres", SYNAPSE_ADDRESSES),
+        "redis": (6379, "redis", SYNAPSE_ADDRESSES),
+    }
+
+
+def test_one_host_guards_nothing():
+    topo = build_topology([{"name": "persister", "types": ["event_persister"]}], hosts={"app": "10.0.0.2"}, main_host="app")
+    assert topo["firewall"] == {"app": []}
+
+
+def test_ipv6_sources_are_matched_as_ipv6():
+    topo = build_topology(
+        [{"name": "sync", "types": ["synchrotron"], "hosts": ["b"]}],
+        hosts={"a": "fd00::1", "b": "10.0.0.2"},
+        main_host="a",
+    )
+    (rule,) = topo["firewall"]["b"]
+    assert (rule["ipv4_sources"], rule["ipv6_sources"]) == ([], ["fd00::1"])
+
+
+def render_rules(host, topo):
+    loader = DataLoader()
+    variables = loader.load_from_file(str(ROLE / "vars" / "main.yml"), trusted_as_template=True)
+    variables.update(
+        ansible_managed="Ansible managed: polylith.synapse test",
+        inventory_hostname=host,
+        polylith_synapse_deployment=topo,
+    )
+    templar = Templar(loader=loader, variables=variables)
+    return templar.template(trust_as_template((ROLE / "templates" / "firewall.nft.j2").read_text()))
+
+
+def test_rules_accept_the_sources_then_reset_everyone_else():
+    text = render_rules("db", build_topology(WORKERS, **MULTI_HOST))
+    lines = [line.strip() for line in text.splitlines()]
+    accept = "tcp dport 5432 ip saddr { 10.0.0.10, 10.0.0.31, 10.0.0.32 } accept"
+    reset = "tcp dport 5432 reject with tcp reset"
+    assert accept in lines and reset in lines
+    assert lines.index('iif "lo" accept') < lines.index(accept) < lines.index(reset)
+    # Everything the table does not name stays the host's business.
+    assert "policy accept;" in text and "policy drop" not in text
+    # Replaced as a whole: declared, deleted and declared again in one file.
+    assert text.index("delete table inet polylith_synapse") < text.index("table inet polylith_synapse {")
+
+
+@pytest.mark.skipif(shutil.which("nft") is None, reason="nftables is not installed (tests/run installs it)")
+@pytest.mark.parametrize("host", ["db", "edge", "wa"])
+def test_nft_accepts_the_rules(tmp_path, host):
+    path = tmp_path / f"{host}.nft"
+    path.write_text(render_rules(host, build_topology(WORKERS, **MULTI_HOST)))
+    result = subprocess.run(["nft", "--check", "--file", str(path)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+# --- the inputs -------------------------------------------------------------
+
+
+GROUPS = {"synapse_main": ["edge"], "synapse_workers": ["edge", "wa"], "nginx": ["edge"]}
+
+
+def problems(**edge_values):
+    topo = build_topology(
+        [{"name": "sync", "types": ["synchrotron"], "hosts": ["wa"]}],
+        hosts={"edge": "10.0.0.10", "wa": "wa.internal"},
+        main_host="edge",
+    )
+    hostvars = {"edge": {"synapse_address": "10.0.0.10", **edge_values}, "wa": {}}
+    return [p for p in input_problems(GROUPS, hostvars, deployment=topo) if "firewall" in p]
+
+
+def test_a_firewall_flag_that_is_no_boolean_is_refused():
+    assert problems(synapse_firewall_enabled="maybe") == [
+        "synapse_firewall_enabled of host edge is 'maybe'; set it to true or false."
+    ]
+
+
+def test_a_firewall_flag_given_as_an_extra_var_string_is_taken():
+    assert problems(synapse_firewall_enabled="false") == []
+
+
+def test_a_firewall_cannot_admit_a_host_known_by_name_only():
+    (problem,) = problems(synapse_firewall_enabled=True)
+    assert "'wa.internal'" in problem and "9093 (replication of main)" in problem
+    assert "give that host synapse_address" in problem
+
+
+def test_without_the_firewall_names_are_not_its_business():
+    assert problems() == []
+
+
+# --- the probe verify runs ----------------------------------------------------
+
+
+def _probe_module():
+    spec = importlib.util.spec_from_file_location("probe_ports", ROOT / "tests" / "lab" / "probe_ports.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+probe = _probe_module()
+
+
+def result(speaks="postgres", state="open", answer=None):
+    found = {"purpose": speaks, "address": "10.0.0.20", "port": 5432, "speaks": speaks, "state": state}
+    if answer is not None:
+        found["answer"] = answer
+    return found
+
+
+@pytest.mark.parametrize(
+    ("found", "firewalled", "wrong"),
+    [
+        (result(state="refused"), True, False),
+        (result(state="open", answer="error 28000: no pg_hba.conf entry"), True, True),
+        (result(state="timeout"), True, True),
+        (result(answer="error 28000: no pg_hba.conf entry"), False, False),
+        (result(answer="authentication request 10"), False, False),
+        (result(answer="authentication request 0"), False, True),
+        (result(state="refused"), False, True),
+        (result("redis", answer="-NOAUTH Authentication required."), False, False),
+        (result("redis", answer="+PONG"), False, True),
+        (result("http"), False, False),
+    ],
+    ids=[
+        "firewalled-refused",
+        "firewalled-but-open",
+        "firewalled-but-silent",
+        "postgres-no-hba-entry",
+        "postgres-asks-password",
+        "postgres-trusts",
+        "unfirewalled-refused",
+        "redis-noauth",
+        "redis-pong",
+        "http-open",
+    ],
+)
+def test_the_probe_judges_each_answer(found, firewalled, wrong):
+    assert (probe.judge(found, firewalled) is not None) is wrong
+
+
+def test_the_probe_sees_a_refused_port_on_loopback():
+    with __import__("socket").socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    # Bound, not listening, then closed: the kernel resets the connection.
+    assert probe.probe({"address": "127.0.0.1", "port": port, "speaks": "redis"})["state"] == "refused"
