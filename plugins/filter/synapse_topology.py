@@ -10,6 +10,9 @@ of the same name beside this one.
 
 from __future__ import annotations
 
+from ansible_collections.polylith.synapse.plugins.plugin_utils.capacity import (
+    capacity_warnings,
+)
 from ansible_collections.polylith.synapse.plugins.plugin_utils.shared_inputs import (
     input_problems,
 )
@@ -43,6 +46,11 @@ def synapse_input_problems(groups, hostvars=None, deployment=None, host=None, va
     return input_problems(groups, hostvars, deployment, host=host, values=values)
 
 
+def synapse_capacity_warnings(deployment, host, cores=None, memory_mib=None):
+    """How the deployment oversubscribes a host; see synapse_capacity_warnings.yml."""
+    return capacity_warnings(deployment, host, cores, memory_mib)
+
+
 class FilterModule:
     """polylith.synapse topology filters."""
 
@@ -53,4 +61,5 @@ class FilterModule:
             "synapse_stream_writers": synapse_stream_writers,
             "synapse_nginx_routes": synapse_nginx_routes,
             "synapse_input_problems": synapse_input_problems,
+            "synapse_capacity_warnings": synapse_capacity_warnings,
         }

@@ -1,0 +1,128 @@
+"""Capacity warnings: Synapse processes per host against its cores and memory."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+from pathlib import Path
+
+from ansible_collections.polylith.synapse.plugins.filter.synapse_topology import (
+    synapse_capacity_warnings,
+)
+from ansible_collections.polylith.synapse.plugins.plugin_utils.capacity import (
+    capacity_warnings,
+    synapse_processes,
+)
+from ansible_collections.polylith.synapse.plugins.plugin_utils.topology import (
+    build_topology,
+)
+from conftest import COLLECTIONS, ROOT
+
+ONE_HOST = {"hosts": {"app1": "10.0.0.1"}, "main_host": "app1"}
+TWO_HOSTS = {"hosts": {"app1": "10.0.0.1", "app2": "10.0.0.2"}, "main_host": "app1"}
+
+
+def test_counts_main_and_workers_per_host():
+    topo = build_topology(
+        [{"name": "sync", "types": ["synchrotron"], "count": 3, "hosts": ["app2"]},
+         {"name": "sender", "types": ["federation_sender"]}],
+        **TWO_HOSTS,
+    )
+    assert synapse_processes(topo, "app1") == 2
+    assert synapse_processes(topo, "app2") == 3
+    assert synapse_processes(topo, "db1") == 0
+
+
+def test_seed002_on_two_cores_is_warned_about():
+    topo = build_topology(preset="seed002", **ONE_HOST)
+    warnings = capacity_warnings(topo, "app1", 2, 4096)
+    assert len(warnings) == 1
+    assert "app1 runs 13 Synapse processes on 2 cores" in warnings[0]
+    assert "synapse_worker_preset: monolith" in warnings[0]
+
+
+def test_monolith_and_a_lean_layout_on_two_cores_are_not():
+    assert capacity_warnings(build_topology(preset="monolith", **ONE_HOST), "app1", 2, 2048) == []
+    lean = build_topology(
+        [{"name": "sync", "types": ["synchrotron"]}, {"name": "events", "types": ["event_persister"]}],
+        **ONE_HOST,
+    )
+    assert capacity_warnings(lean, "app1", 2, 2048) == []
+
+
+def test_four_processes_on_two_cores_pass_five_do_not():
+    four = build_topology([{"name": "sync", "types": ["synchrotron"], "count": 3}], **ONE_HOST)
+    five = build_topology([{"name": "sync", "types": ["synchrotron"], "count": 4}], **ONE_HOST)
+    assert capacity_warnings(four, "app1", 2, None) == []
+    assert len(capacity_warnings(five, "app1", 2, None)) == 1
+
+
+def test_memory_too_small_for_the_processes():
+    topo = build_topology(preset="seed002", **ONE_HOST)
+    warnings = capacity_warnings(topo, "app1", 64, 1024)
+    assert len(warnings) == 1
+    assert "13 Synapse processes in 1024 MiB" in warnings[0]
+    assert "2462 MiB in all" in warnings[0]
+
+
+def test_each_host_is_judged_by_its_own_processes():
+    topo = build_topology(
+        [{"name": "sync", "types": ["synchrotron"], "count": 6, "hosts": ["app2"]}],
+        **TWO_HOSTS,
+    )
+    assert capacity_warnings(topo, "app1", 2, 4096) == []
+    assert "app2 runs 6 Synapse processes on 2 cores" in capacity_warnings(topo, "app2", 2, 4096)[0]
+    # A host without Synapse processes (database, proxy) has nothing to warn about.
+    assert capacity_warnings(topo, "db1", 1, 256) == []
+
+
+def test_unknown_facts_skip_the_check():
+    topo = build_topology(preset="seed002", **ONE_HOST)
+    assert capacity_warnings(topo, "app1", None, None) == []
+
+
+def test_the_filter_passes_its_options_through():
+    topo = build_topology(preset="seed002", **ONE_HOST)
+    assert synapse_capacity_warnings(topo, "app1", cores=2, memory_mib=8192) == capacity_warnings(
+        topo, "app1", 2, 8192
+    )
+
+
+# --- the role's task, as Ansible runs it -----------------------------------------
+
+
+def run_capacity_play(tmp_path, workers):
+    inventory = {
+        "all": {
+            "vars": {"ansible_connection": "local", "ansible_python_interpreter": "{{ ansible_playbook_python }}",
+                     "synapse_workers": workers},
+            "children": {"synapse_main": {"hosts": {"app1": {"ansible_host": "127.0.0.1"}}}},
+        }
+    }
+    path = tmp_path / "inventory.json"
+    path.write_text(json.dumps(inventory))
+    env = {**os.environ, "ANSIBLE_COLLECTIONS_PATH": str(COLLECTIONS), "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
+           "ANSIBLE_NOCOLOR": "1"}
+    return subprocess.run(
+        ["ansible-playbook", "-i", str(path), str(Path(__file__).parent / "files" / "capacity_play.yml")],
+        capture_output=True, text=True, env=env, timeout=300, cwd=ROOT,
+    )
+
+
+def test_the_roles_warn_on_the_hosts_own_facts(tmp_path):
+    # Four workers per core of this machine: more than any host carries.
+    count = 4 * (os.cpu_count() or 1)
+    result = run_capacity_play(tmp_path, [{"name": "sync", "types": ["synchrotron"], "count": count}])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert re.search(rf"app1 runs {count + 1} Synapse processes on \d+ cores", result.stdout), result.stdout
+    assert result.stdout.count(f"app1 runs {count + 1} Synapse processes on") == 1, result.stdout
+    assert "changed=0" in result.stdout
+
+
+def test_the_roles_stay_quiet_when_the_host_carries_its_processes(tmp_path):
+    result = run_capacity_play(tmp_path, [])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Synapse processes on" not in result.stdout
+    assert "skipping: [app1]" in result.stdout
