@@ -20,6 +20,15 @@ unstable thread-subscription paths taken from
 disagree, the code wins and a comment beside the entry names the file. Which
 streams accept a single writer only is read from ``synapse/config/workers.py``.
 
+Some regexes of the docs leave a path open around a ``.*`` (``rooms/.*/typing``),
+so a segment the client chooses (a transaction ID, an event type, a state key)
+spelled like another endpoint's name sends the request to that endpoint's
+worker. Those entries use the shape of the servlet's own pattern instead (the
+``PATTERNS`` of ``synapse/rest/client/*.py``): each path parameter one
+``[^/]+`` segment, the end anchored with ``$``. nginx matches the decoded URI,
+where an encoded ``%2F`` inside an ID has become ``/``; such a request matches
+none of these regexes and goes to main, which serves every endpoint.
+
 Nothing else in the collection repeats these facts: the topology filter, the
 templates, the README table and the tests all read them from here.
 """
@@ -138,6 +147,29 @@ PROXY_DENIED_PATTERNS = ("^/_synapse/replication/", "^/_synapse/metrics")
 _C = "^/_matrix/client/(api/v1|r0|v3|unstable)"
 _C3 = "^/_matrix/client/(r0|v3|unstable)"
 
+# Endpoints of a stream writer that any generic worker also serves for GET
+# (docs/workers.md, "can be handled for GET requests"): the writer lists them
+# for every method and client_reader for GET and HEAD, behind the writer's
+# route, so that a writer, when one runs, takes every method.
+#
+# Account data and tags. docs/workers.md lists (r0|v3|unstable)/.*/tags and
+# .*/account_data, which a transaction ID or state key named "tags" or
+# "account_data" matches too (PUT .../rooms/{roomId}/send/{type}/tags). These
+# are the paths of AccountDataServlet and RoomAccountDataServlet
+# (synapse/rest/client/account_data.py), TagListServlet (GET .../tags) and
+# TagServlet (PUT and DELETE .../tags/{tag}, synapse/rest/client/tags.py).
+ACCOUNT_DATA_PATTERNS = (
+    f"{_C3}/user/[^/]+/account_data/[^/]+$",
+    f"{_C3}/user/[^/]+/rooms/[^/]+/account_data/[^/]+$",
+    f"{_C3}/user/[^/]+/rooms/[^/]+/tags(/[^/]+)?$",
+)
+# PushRuleRestServlet (synapse/rest/client/push_rule.py) serves everything
+# under pushrules/; workers other than the writer refuse PUT and DELETE.
+PUSH_RULES_PATTERNS = (f"{_C}/pushrules/",)
+# PresenceStatusRestServlet (synapse/rest/client/presence.py): GET and PUT
+# .../presence/{userId}/status, the only endpoint under presence/.
+PRESENCE_PATTERNS = (f"{_C}/presence/",)
+
 
 @dataclass(frozen=True)
 class EndpointGroup:
@@ -206,7 +238,10 @@ _TYPES = (
         "typing",
         "typing",
         "Writes the typing stream and serves typing notifications.",
-        [f"{_C}/rooms/.*/typing"],
+        # docs/workers.md: rooms/.*/typing, which an event type, transaction
+        # ID or state key named "typing" matches too. RoomTypingRestServlet
+        # (synapse/rest/client/room.py): PUT /rooms/{roomId}/typing/{userId}.
+        [f"{_C}/rooms/[^/]+/typing/[^/]+$"],
     ),
     _writer(
         "to_device",
@@ -218,25 +253,38 @@ _TYPES = (
         "account_data",
         "account_data",
         "Writes the account data stream and serves tags and account data.",
-        [f"{_C3}/.*/tags", f"{_C3}/.*/account_data"],
+        [
+            *ACCOUNT_DATA_PATTERNS,
+            # MSC3391 deletion, UnstableAccountDataServlet and
+            # UnstableRoomAccountDataServlet (synapse/rest/client/account_data.py,
+            # registered when experimental msc3391_enabled is set), which the
+            # docs' .*/account_data covers.
+            "^/_matrix/client/unstable/org.matrix.msc3391/user/[^/]+"
+            "(/rooms/[^/]+)?/account_data/[^/]+$",
+        ],
     ),
     _writer(
         "receipts",
         "receipts",
         "Writes the receipts stream and serves receipts and read markers.",
-        [f"{_C3}/rooms/.*/receipt", f"{_C3}/rooms/.*/read_markers"],
+        # docs/workers.md: rooms/.*/receipt and rooms/.*/read_markers, which a
+        # transaction ID or state key named "receipt" matches too.
+        # ReceiptRestServlet: POST /rooms/{roomId}/receipt/{receiptType}/{eventId}
+        # (synapse/rest/client/receipts.py); ReadMarkerRestServlet: POST
+        # /rooms/{roomId}/read_markers (synapse/rest/client/read_marker.py).
+        [f"{_C3}/rooms/[^/]+/receipt/[^/]+/[^/]+$", f"{_C3}/rooms/[^/]+/read_markers$"],
     ),
     _writer(
         "presence",
         "presence",
         "Writes the presence stream and serves presence.",
-        [f"{_C}/presence/"],
+        PRESENCE_PATTERNS,
     ),
     _writer(
         "push_rules",
         "push_rules",
         "Writes the push rules stream and serves push rules.",
-        [f"{_C}/pushrules/"],
+        PUSH_RULES_PATTERNS,
     ),
     _writer(
         "device_lists",
@@ -383,11 +431,23 @@ _TYPES = (
         endpoints=(
             EndpointGroup(
                 "Event sending requests",
+                # docs/workers.md: rooms/.*/redact, rooms/.*/send,
+                # rooms/.*/state/ and rooms/.*/(join|...)$, which a relation
+                # type or event type in another room endpoint's path matches
+                # too (GET /_matrix/client/unstable/rooms/{roomId}/relations/
+                # {eventId}/send). These are the paths of
+                # RoomRedactEventRestServlet (POST .../redact/{eventId}, PUT
+                # with a transaction ID), RoomSendEventRestServlet (POST
+                # .../send/{eventType}, PUT with a transaction ID),
+                # RoomStateEventRestServlet (.../state/{eventType}, optionally
+                # with a state key, which may be empty) and
+                # RoomMembershipRestServlet (POST .../{membership}), all in
+                # synapse/rest/client/room.py.
                 (
-                    f"{_C}/rooms/.*/redact",
-                    f"{_C}/rooms/.*/send",
-                    f"{_C}/rooms/.*/state/",
-                    f"{_C}/rooms/.*/(join|invite|leave|ban|unban|kick)$",
+                    f"{_C}/rooms/[^/]+/redact/[^/]+(/[^/]+)?$",
+                    f"{_C}/rooms/[^/]+/send/[^/]+(/[^/]+)?$",
+                    f"{_C}/rooms/[^/]+/state/[^/]+(/[^/]*)?$",
+                    f"{_C}/rooms/[^/]+/(join|invite|leave|ban|unban|kick)$",
                     f"{_C}/join/",
                     f"{_C}/knock/",
                     f"{_C}/profile/",
@@ -403,16 +463,24 @@ _TYPES = (
         endpoints=(
             EndpointGroup(
                 "Client API requests",
+                # docs/workers.md writes the room ID of the rooms/... paths as
+                # .*, so a state key or event type of an event-sending request
+                # named like their last segment (PUT .../state/{type}/members)
+                # matches them. These are the paths of the servlets, with the
+                # room ID and every other parameter one segment:
+                # synapse/rest/client/room.py (members, state, context, event,
+                # hierarchy, timestamp_to_event, aliases), relations.py,
+                # filter.py and, for messages below, RoomMessageListRestServlet.
                 (
                     f"{_C}/createRoom$",
                     f"{_C}/publicRooms$",
-                    f"{_C}/rooms/.*/joined_members$",
-                    f"{_C}/rooms/.*/context/.*$",
-                    f"{_C}/rooms/.*/members$",
-                    f"{_C}/rooms/.*/state$",
-                    "^/_matrix/client/v1/rooms/.*/hierarchy$",
-                    "^/_matrix/client/(v1|unstable)/rooms/.*/relations/",
-                    "^/_matrix/client/v1/rooms/.*/threads$",
+                    f"{_C}/rooms/[^/]+/joined_members$",
+                    f"{_C}/rooms/[^/]+/context/[^/]+$",
+                    f"{_C}/rooms/[^/]+/members$",
+                    f"{_C}/rooms/[^/]+/state$",
+                    "^/_matrix/client/v1/rooms/[^/]+/hierarchy$",
+                    "^/_matrix/client/(v1|unstable)/rooms/[^/]+/relations/[^/]+(/[^/]+(/[^/]+)?)?$",
+                    "^/_matrix/client/v1/rooms/[^/]+/threads$",
                     "^/_matrix/client/unstable/im.nheko.summary/summary/.*$",
                     "^/_matrix/client/v1/room_summary/.*$",
                     f"{_C3}/account/3pid$",
@@ -422,12 +490,18 @@ _TYPES = (
                     f"{_C}/devices(/|$)",
                     "^/_matrix/client/versions$",
                     f"{_C}/voip/turnServer$",
-                    f"{_C}/rooms/.*/event/",
+                    f"{_C}/rooms/[^/]+/event/[^/]+$",
                     f"{_C}/joined_rooms$",
-                    "^/_matrix/client/v1/rooms/.*/timestamp_to_event$",
-                    "^/_matrix/client/(api/v1|r0|v3|unstable/.*)/rooms/.*/aliases",
+                    "^/_matrix/client/v1/rooms/[^/]+/timestamp_to_event$",
+                    # RoomAliasListServlet: (r0|v3) and MSC2432's unstable
+                    # prefix; docs/workers.md adds api/v1 and any unstable/.*.
+                    "^/_matrix/client/(r0|v3|unstable/org.matrix.msc2432)/rooms/[^/]+/aliases$",
                     f"{_C}/search$",
-                    f"{_C3}/user/.*/filter(/|$)",
+                    # CreateFilterRestServlet (POST .../filter) and
+                    # GetFilterRestServlet (GET .../filter/{filterId}); the
+                    # docs' user/.*/filter(/|$) also matches account data of
+                    # type "filter".
+                    f"{_C3}/user/[^/]+/filter(/[^/]+)?$",
                     f"{_C}/directory/room/.*$",
                     f"{_C3}/capabilities$",
                     f"{_C3}/notifications$",
@@ -450,9 +524,12 @@ _TYPES = (
                     # registers POST .../delayed_events/{id} (update) on main
                     # only, so that path has a group of its own below.
                     "^/_matrix/client/unstable/org.matrix.msc4140/delayed_events(/[^/]+/restart)?$",
-                    # Matrix Authentication Service's API (docs/workers.md),
-                    # mounted with the client resource when MAS is enabled
-                    # (synapse/rest/synapse/client/__init__.py).
+                    # Matrix Authentication Service's API, which docs/workers.md
+                    # does not list: build_synapse_client_resource_tree
+                    # (synapse/rest/synapse/client/__init__.py) mounts
+                    # MasResource (synapse/rest/synapse/mas/) at /_synapse/mas
+                    # when MAS is enabled, on main and on every generic worker
+                    # with the client resource (synapse/app/generic_worker.py).
                     "^/_synapse/mas/",
                 ),
             ),
@@ -465,8 +542,28 @@ _TYPES = (
                 methods=READ_METHODS,
             ),
             EndpointGroup(
+                "Push rules, account data, presence and admin user reads "
+                "(GET; writes go to the writer or main)",
+                # docs/workers.md, "can be handled for GET requests". The
+                # stream writers' routes come first (ROUTE_PRIORITY), so these
+                # serve only while the stream has no writer worker; then every
+                # other method goes to main, the writer.
+                (
+                    *PUSH_RULES_PATTERNS,
+                    *ACCOUNT_DATA_PATTERNS,
+                    *PRESENCE_PATTERNS,
+                    # UserRestServletV2Get: synapse/rest/admin/__init__.py
+                    # registers it on workers, UserRestServletV2 (PUT as well)
+                    # on main only. Like every admin route it is reached only
+                    # by the clients of nginx_admin_api_allowed_clients: the
+                    # nginx role answers the others before choosing a route.
+                    "^/_synapse/admin/v2/users/[^/]+$",
+                ),
+                methods=READ_METHODS,
+            ),
+            EndpointGroup(
                 "Room pagination (all requests for a room on one instance)",
-                (f"{_C}/rooms/.*/messages$",),
+                (f"{_C}/rooms/[^/]+/messages$",),
                 balance="room",
             ),
         ),

@@ -141,10 +141,15 @@ def test_sliding_sync_is_sticky_like_sync():
 
 def test_method_limited_route_and_its_map():
     nginx = topology()["nginx"]
-    (route,) = [r for r in nginx["routes"] if r["methods"]]
-    assert route["pattern"] == f"^{DELAYED}/[^/]+$"
-    assert route["methods"] == ["GET", "HEAD"] and route["upstream"] == "synapse_client_reader"
-    (chooser,) = [m for m in nginx["maps"] if m["variable"] == route["upstream_variable"]]
+    limited = [r for r in nginx["routes"] if r["methods"]]
+    # With every stream writer running, the writers' routes take their
+    # endpoints for every method; limited stay the paths whose other methods
+    # main alone serves.
+    assert [r["pattern"] for r in limited] == [f"^{DELAYED}/[^/]+$", "^/_synapse/admin/v2/users/[^/]+$"]
+    for route in limited:
+        assert route["methods"] == ["GET", "HEAD"] and route["upstream"] == "synapse_client_reader"
+        assert route["upstream_variable"] == "$synapse_client_reader_for_get_head"
+    (chooser,) = [m for m in nginx["maps"] if m["variable"] == "$synapse_client_reader_for_get_head"]
     assert chooser == {
         "source": "$request_method",
         "variable": "$synapse_client_reader_for_get_head",
@@ -154,7 +159,7 @@ def test_method_limited_route_and_its_map():
             {"pattern": "HEAD", "value": "synapse_client_reader"},
         ],
     }
-    assert all(r["methods"] == [] and r["upstream_variable"] is None for r in nginx["routes"] if r is not route)
+    assert all(r["methods"] == [] and r["upstream_variable"] is None for r in nginx["routes"] if r not in limited)
     # Without a client_reader the path is main's, and so is its map.
     alone = topology([{"name": "sync", "types": ["synchrotron"]}])["nginx"]
     assert all(m["source"] != "$request_method" for m in alone["maps"])
@@ -311,6 +316,10 @@ def test_no_request_reaches_a_worker_without_its_method(synapse_servlets):
     assert {("GET", "DelayedEventServlet"), ("POST", "RestartDelayedEventServlet"),
             ("POST", "SlidingSyncRestServlet")} <= worker_client
     assert workers_lacking_methods(topology()["nginx"], synapse_servlets) == []
+    # The writers' reads that a client_reader takes while no writer runs are
+    # registered on workers too.
+    reader_only = [{"name": "reader", "types": ["client_reader"]}]
+    assert workers_lacking_methods(topology(reader_only)["nginx"], synapse_servlets) == []
 
 
 def test_a_worker_without_the_method_is_caught(synapse_servlets, monkeypatch):
@@ -319,6 +328,7 @@ def test_a_worker_without_the_method_is_caught(synapse_servlets, monkeypatch):
     monkeypatch.setitem(WORKER_TYPES, "client_reader", dataclasses.replace(reader, endpoints=unlimited))
     assert workers_lacking_methods(topology()["nginx"], synapse_servlets) == [
         ("POST", "UpdateDelayedEventServlet", "client_reader", f"{DELAYED}/a"),
+        ("PUT", "UserRestServletV2", "client_reader", "/_synapse/admin/v2/users/a"),
     ]
 
 
@@ -416,11 +426,14 @@ def test_nginx_catches_a_broken_method_map(tmp_path):
 # --- the admin API through nginx -------------------------------------------------
 
 # server_version asks for no access token; the media and room admin routes
-# are workers' regex locations, which a `^~` prefix location would hide.
+# are workers' regex locations, which a `^~` prefix location would hide; the
+# user lookup is a method-limited one (GET to a worker, PUT to main).
 ADMIN_REQUESTS = [
     ("GET", "/_synapse/admin/v1/server_version"),
     ("GET", "/_synapse/admin/v1/media/example.org/abcdefgh"),
     ("POST", "/_synapse/admin/v1/rooms/!r:example.org"),
+    ("GET", "/_synapse/admin/v2/users/@alice:example.org"),
+    ("PUT", "/_synapse/admin/v2/users/@alice:example.org"),
 ]
 CLIENT_REQUEST = ("GET", "/_matrix/client/versions")
 METRICS_REQUEST = ("GET", "/_synapse/metrics")
@@ -442,7 +455,13 @@ def _admin_answers(tmp_path, **overrides):
 def test_routes_of_the_admin_api_reach_main_and_the_workers():
     nginx = topology()["nginx"]
     upstreams = [upstream_for(nginx, m, p) for m, p in ADMIN_REQUESTS]
-    assert upstreams == ["synapse_main", "synapse_media_repository", "synapse_client_reader"]
+    assert upstreams == [
+        "synapse_main",
+        "synapse_media_repository",
+        "synapse_client_reader",
+        "synapse_client_reader",
+        "synapse_main",
+    ]
 
 
 def test_nginx_closes_the_admin_api_by_default(tmp_path):

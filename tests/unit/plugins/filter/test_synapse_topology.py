@@ -46,14 +46,20 @@ def topology(workers, **options):
     return build_topology(workers, **{**ONE_HOST, **options})
 
 
-def route(topo, path):
-    """Where nginx sends a path: (worker types of the upstream's servers, upstream)."""
+def route(topo, path, method="GET"):
+    """Where nginx sends a request: (worker type of the route, upstream).
+
+    A method-limited route sends the methods its map names to its upstream
+    and every other method to main.
+    """
     nginx = topo["nginx"]
     for pattern in nginx["denied_patterns"]:
         if re.search(pattern, path):
             return ("denied", None)
     for item in nginx["routes"]:
         if re.search(item["pattern"], path):
+            if item["upstream_variable"] and method not in item["methods"]:
+                return ("main", nginx["default_upstream"])
             return (item["worker_type"], item["upstream"])
     return ("main", nginx["default_upstream"])
 
@@ -258,8 +264,9 @@ ROUTED_PATHS = [
     ("/_matrix/client/v3/search", "client_reader"),
     ("/_synapse/admin/v1/rooms/!r:example.test", "client_reader"),
     ("/_matrix/client/unstable/org.matrix.msc4140/delayed_events", "client_reader"),
+    # GET only: PUT goes to main (test_reads_fall_back_to_the_client_reader)
+    ("/_synapse/admin/v2/users/@u:example.test", "client_reader"),
     # The main process: admin, logout, unknown paths
-    ("/_synapse/admin/v2/users/@u:example.test", "main"),
     ("/_synapse/admin/v1/register", "main"),
     ("/_matrix/client/v3/logout", "main"),
     ("/_matrix/client/v3/account/password", "main"),
@@ -288,12 +295,101 @@ def test_monolith_sends_everything_not_denied_to_main(path, expected):
 
 def test_stream_endpoints_fall_back_to_main_without_their_writer():
     topo = topology([{"name": "reader", "types": ["client_reader"]}])
-    assert route(topo, "/_matrix/client/v3/rooms/!r:x/typing/@u:x")[0] == "main"
-    assert route(topo, "/_matrix/client/v3/sendToDevice/m.x/1")[0] == "main"
-    assert route(topo, "/_matrix/client/v3/pushrules/")[0] == "main"
+    assert route(topo, "/_matrix/client/v3/rooms/!r:x/typing/@u:x", "PUT")[0] == "main"
+    assert route(topo, "/_matrix/client/v3/sendToDevice/m.x/1", "PUT")[0] == "main"
+    assert route(topo, "/_matrix/client/v3/pushrules/global/override/r1", "PUT")[0] == "main"
     # Endpoints any generic worker serves fall back to the general reader.
     assert route(topo, "/_matrix/client/v3/keys/upload")[0] == "client_reader"
     assert route(topo, "/_matrix/client/v3/user_directory/search")[0] == "client_reader"
+
+
+# GET requests any generic worker serves (docs/workers.md, "can be handled for
+# GET requests"), and the writes that stay with the writer or main.
+READS = [
+    "/_matrix/client/v3/pushrules/",
+    "/_matrix/client/r0/pushrules/global/override/.m.rule.master/enabled",
+    "/_matrix/client/v3/user/@u:x/account_data/m.direct",
+    "/_matrix/client/v3/user/@u:x/rooms/!r:x/account_data/m.fully_read",
+    "/_matrix/client/v3/user/@u:x/rooms/!r:x/tags",
+    "/_matrix/client/v3/presence/@u:x/status",
+    "/_synapse/admin/v2/users/@u:x",
+]
+WRITES = [
+    ("PUT", "/_matrix/client/v3/pushrules/global/override/r1"),
+    ("DELETE", "/_matrix/client/v3/pushrules/global/override/r1"),
+    ("PUT", "/_matrix/client/v3/user/@u:x/account_data/m.direct"),
+    ("PUT", "/_matrix/client/v3/user/@u:x/rooms/!r:x/tags/m.favourite"),
+    ("PUT", "/_matrix/client/v3/presence/@u:x/status"),
+    ("PUT", "/_synapse/admin/v2/users/@u:x"),
+]
+
+
+def test_reads_fall_back_to_the_client_reader():
+    topo = topology([{"name": "reader", "types": ["client_reader"]}])
+    for path in READS:
+        assert route(topo, path, "GET") == ("client_reader", "synapse_client_reader"), path
+        assert route(topo, path, "HEAD") == ("client_reader", "synapse_client_reader"), path
+    for method, path in WRITES:
+        assert route(topo, path, method)[0] == "main", (method, path)
+
+
+def test_a_writer_takes_its_reads_from_the_client_reader():
+    writers = ["push_rules", "account_data", "presence"]
+    topo = topology([{"name": "reader", "types": ["client_reader"]}, *({"name": w, "types": [w]} for w in writers)])
+    for path in READS[:-1]:
+        assert route(topo, path, "GET")[0] in writers, path
+    for method, path in WRITES[:-1]:
+        assert route(topo, path, method)[0] in writers, (method, path)
+    # The readers' copies of the writers' patterns are left out.
+    reader_patterns = [r["pattern"] for r in topo["nginx"]["routes"] if r["worker_type"] == "client_reader"]
+    assert not any("pushrules" in p or "account_data" in p or "presence" in p for p in reader_patterns)
+
+
+# A transaction ID, event type or state key the client chooses, spelled like
+# another endpoint's segment, stays with its own endpoint.
+CHOSEN_SEGMENTS = [
+    ("PUT", "/_matrix/client/v3/rooms/!r:x/send/m.room.message/typing", "event_creator"),
+    ("PUT", "/_matrix/client/v3/rooms/!r:x/send/typing/t1", "event_creator"),
+    ("PUT", "/_matrix/client/v3/rooms/!r:x/send/m.room.message/tags", "event_creator"),
+    ("PUT", "/_matrix/client/v3/rooms/!r:x/send/m.room.message/account_data", "event_creator"),
+    ("PUT", "/_matrix/client/v3/rooms/!r:x/send/m.room.message/receipt", "event_creator"),
+    ("PUT", "/_matrix/client/v3/rooms/!r:x/send/receipt/t1", "event_creator"),
+    ("PUT", "/_matrix/client/v3/rooms/!r:x/send/read_markers/t1", "event_creator"),
+    ("PUT", "/_matrix/client/v3/rooms/!r:x/state/m.x/typing", "event_creator"),
+    ("PUT", "/_matrix/client/v3/rooms/!r:x/state/m.x/messages", "event_creator"),
+    ("PUT", "/_matrix/client/v3/rooms/!r:x/state/m.x/members", "event_creator"),
+    ("PUT", "/_matrix/client/v3/rooms/!r:x/state/m.x/state", "event_creator"),
+    ("PUT", "/_matrix/client/v3/rooms/!r:x/send/context/t1", "event_creator"),
+    ("PUT", "/_matrix/client/v3/rooms/!r:x/send/event/t1", "event_creator"),
+    ("PUT", "/_matrix/client/v3/rooms/!r:x/send/m.room.message/aliases", "event_creator"),
+    ("PUT", "/_matrix/client/v3/user/@u:x/account_data/filter", "account_data"),
+    ("GET", "/_matrix/client/unstable/rooms/!r:x/relations/$e/send", "client_reader"),
+    ("GET", "/_matrix/client/unstable/rooms/!r:x/relations/$e/m.annotation/join", "client_reader"),
+    ("GET", "/_matrix/client/v1/rooms/!r:x/relations/$e/m.thread/m.room.message", "client_reader"),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "expected"), CHOSEN_SEGMENTS)
+def test_a_client_chosen_segment_does_not_steer_a_request(method, path, expected):
+    assert route(topology(EVERY_TYPE), path, method)[0] == expected
+    # Without the type that serves it, the request goes to main, not to a
+    # type whose endpoint it resembles.
+    others = [w for w in EVERY_TYPE if w["name"] != expected]
+    assert route(topology(others), path, method)[0] == "main"
+
+
+# An encoded "/" inside an ID is decoded before nginx matches: the request
+# matches no worker route of the endpoint and main serves it.
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/_matrix/client/v3/rooms/!r:x/typing/@u/typing/x",
+        "/_matrix/client/v3/rooms/!r/x:x/receipt/m.read/$e",
+        "/_matrix/client/v3/user/@u:x/account_data/a/b",
+    ],
+)
+def test_a_decoded_slash_falls_to_main(path):
+    assert route(topology(EVERY_TYPE), path, "PUT")[0] == "main"
 
 
 def test_routes_list_each_pattern_once_in_priority_order():

@@ -1,0 +1,430 @@
+"""Concrete requests and the worker types Synapse's docs/workers.md lets serve them.
+
+Written by hand from docs/workers.md of element-hq/synapse (develop at
+a58ad44eb0, whose last change to the file is 5df6d1be65 "Remove legacy MSC3861
+auth delegation support"), not from the catalogue's regexes: the routing check
+holds the catalogue against the docs. Each row is (method, path, types, main,
+where the docs say so):
+
+* the worker types follow the docs' groups as docker/configure_workers_and_start.py
+  names them: "Sync requests" -> synchrotron, "Federation requests" ->
+  federation_reader, the inbound transaction -> federation_inbound, "Client API",
+  "Encryption", "Registration/login" and pagination -> client_reader, "Event
+  sending" -> event_creator, each stream's endpoints -> its writer, the media
+  repository's -> media_repository; where the docs let any generic worker
+  serve a writer's endpoint too (the GET-only list, device lists) or name a
+  second place (user directory search), client_reader is listed as well;
+* ``main`` is one of the routing check's policies: MAIN_FALLBACK where main
+  serves the request but a worker listed for it should have it,
+  MAIN_UNTIL_DEPLOYED where a stream writer or the media repository takes the
+  request over from main, MAIN_ALSO for the SSO endpoints (one process, main
+  as good as a worker), MAIN_ONLY for requests the docs list for no worker,
+  NEVER_FORWARDED for what must not leave nginx.
+
+The paths are real requests (room, event and user IDs, query strings,
+percent-encoded aliases), not the regexes. The docs leave out some endpoints
+Synapse serves on workers (simplified sliding sync, GET delayed_events/{id},
+the MAS API, thread subscriptions); the catalogue routes those from Synapse's
+code and tests/unit/plugins/filter/test_routing_gaps.py covers them, so they
+are not sampled here.
+"""
+
+from __future__ import annotations
+
+from lib.routing_check import (
+    MAIN_ALSO,
+    MAIN_FALLBACK,
+    MAIN_ONLY,
+    MAIN_UNTIL_DEPLOYED,
+    NEVER_FORWARDED,
+    Sample,
+)
+
+ROOM = "!abc123:example.org"
+ALIAS = "%23lobby:example.org"  # #lobby:example.org, percent-encoded as clients send it
+EVENT = "$Rqnc-F-dvnEYJTyHq_iKxU2bZ1CI92-kuZq3a5lr5Zg"
+USER = "@alice:example.org"
+REMOTE_USER = "@bob:remote.example"
+MEDIA = "example.org/GCmhgzMPRjqgpODLsNQzVuHZ"
+DELAYED = "/_matrix/client/unstable/org.matrix.msc4140/delayed_events"
+
+C = "/_matrix/client/v3"
+F = "/_matrix/federation/v1"
+A = "/_synapse/admin/v1"
+
+# Where docs/workers.md says who serves a request.
+_G = "synapse.app.generic_worker"
+SYNC = f'{_G}, "Sync requests"'
+FEDERATION = f'{_G}, "Federation requests"'
+INBOUND = f'{_G}, "Inbound federation transaction request": ^/_matrix/federation/v1/send/'
+CLIENT = f'{_G}, "Client API requests"'
+ADMIN = f'{_G}, "Admin API requests": ^/_synapse/admin/v1/rooms/[^/]+$'
+E2E = f'{_G}, "Encryption requests"'
+LOGIN = f'{_G}, "Registration/login requests"'
+SENDING = f'{_G}, "Event sending requests"'
+USER_DIR = (
+    f'{_G}, "User directory search requests" and "Updating the User Directory": '
+    "^/_matrix/client/(r0|v3|unstable)/user_directory/search$"
+)
+MSC4140 = (
+    f'{_G}, "Unstable MSC4140 support": '
+    "^/_matrix/client/unstable/org.matrix.msc4140/delayed_events(/.*/restart)?$"
+)
+GET_ONLY = f'{_G}, "can be handled for GET requests"'
+PAGINATION = f'{_G}, "Pagination requests": ^/_matrix/client/(api/v1|r0|v3|unstable)/rooms/.*/messages$'
+SSO = f'{_G}, SSO endpoints ("Ensure that all SSO logins go to a single process")'
+DEVICE_LISTS = '"The `device_lists` stream" ("can be handled by any worker") and ' + f"{_G}"
+RECEIPTS = '"The `receipts` stream" ("can be handled by any worker")'
+TYPING = '"The `typing` stream": ^/_matrix/client/(api/v1|r0|v3|unstable)/rooms/.*/typing'
+TO_DEVICE = '"The `to_device` stream": ^/_matrix/client/(r0|v3|unstable)/sendToDevice/'
+ACCOUNT_DATA = '"The `account_data` stream"'
+PRESENCE = '"The `presence` stream": ^/_matrix/client/(api/v1|r0|v3|unstable)/presence/'
+PUSH_RULES = '"The `push_rules` stream": ^/_matrix/client/(api/v1|r0|v3|unstable)/pushrules/'
+MEDIA_REPO = '"synapse.app.media_repository" (enable_media_repo: False stops main serving it)'
+QUARANTINE = MEDIA_REPO + ' and "The `quarantined_media_changes` stream"'
+UNLISTED = "listed for no worker"
+REPLICATION = '"Shared configuration": the replication listener must never be exposed'
+
+
+def _rows(main, types, doc, *requests):
+    """Samples of one docs group: ``types`` space-separated, requests (method, path)."""
+    return [Sample(method, path, frozenset(types.split()), main, doc) for method, path in requests]
+
+
+def _doc(group, regex):
+    return f"{group}: {regex}"
+
+
+SAMPLES = [
+    # --- synchrotron ------------------------------------------------------------
+    *_rows(
+        MAIN_FALLBACK,
+        "synchrotron",
+        _doc(SYNC, "^/_matrix/client/(r0|v3)/sync$"),
+        ("GET", f"{C}/sync?since=s72594_4483_1934&timeout=30000"),
+        ("GET", "/_matrix/client/r0/sync?filter=0"),
+        # nginx merges the slashes before it matches a location.
+        ("GET", "/_matrix/client/v3//sync"),
+    ),
+    *_rows(
+        MAIN_FALLBACK,
+        "synchrotron",
+        _doc(SYNC, "^/_matrix/client/(api/v1|r0|v3)/events$"),
+        ("GET", f"{C}/events?from=s72594_4483_1934&timeout=30000"),
+    ),
+    *_rows(
+        MAIN_FALLBACK,
+        "synchrotron",
+        _doc(SYNC, "^/_matrix/client/(api/v1|r0|v3)/initialSync$"),
+        ("GET", f"{C}/initialSync?limit=10"),
+    ),
+    *_rows(
+        MAIN_FALLBACK,
+        "synchrotron",
+        _doc(SYNC, "^/_matrix/client/(api/v1|r0|v3)/rooms/[^/]+/initialSync$"),
+        ("GET", f"{C}/rooms/{ROOM}/initialSync"),
+    ),
+    # --- federation_reader --------------------------------------------------------
+    *_rows(
+        MAIN_FALLBACK,
+        "federation_reader",
+        FEDERATION,
+        ("GET", f"{F}/version"),
+        ("GET", f"{F}/event/{EVENT}"),
+        ("GET", f"{F}/state/{ROOM}?event_id={EVENT}"),
+        ("GET", f"{F}/state_ids/{ROOM}?event_id={EVENT}"),
+        ("GET", f"{F}/backfill/{ROOM}?v={EVENT}&limit=10"),
+        ("POST", f"{F}/get_missing_events/{ROOM}"),
+        ("GET", f"{F}/publicRooms?limit=10"),
+        ("POST", f"{F}/publicRooms"),
+        ("GET", f"{F}/query/profile?user_id={USER}&field=displayname"),
+        ("GET", f"{F}/make_join/{ROOM}/{REMOTE_USER}?ver=10&ver=11"),
+        ("PUT", f"/_matrix/federation/v2/send_join/{ROOM}/{EVENT}"),
+        ("GET", f"{F}/make_leave/{ROOM}/{REMOTE_USER}"),
+        ("PUT", f"/_matrix/federation/v2/send_leave/{ROOM}/{EVENT}"),
+        ("GET", f"{F}/make_knock/{ROOM}/{REMOTE_USER}?ver=10"),
+        ("PUT", f"{F}/send_knock/{ROOM}/{EVENT}"),
+        ("PUT", f"/_matrix/federation/v2/invite/{ROOM}/{EVENT}"),
+        ("GET", f"{F}/event_auth/{ROOM}/{EVENT}"),
+        ("GET", f"{F}/timestamp_to_event/{ROOM}?dir=b&ts=1700000000000"),
+        ("PUT", f"{F}/exchange_third_party_invite/{ROOM}"),
+        ("GET", f"{F}/user/devices/{USER}"),
+        ("POST", "/_matrix/key/v2/query"),
+        ("GET", f"{F}/hierarchy/{ROOM}?suggested_only=false"),
+    ),
+    # --- federation_inbound ---------------------------------------------------------
+    *_rows(MAIN_FALLBACK, "federation_inbound", INBOUND, ("PUT", f"{F}/send/1700000000000")),
+    # --- client_reader ----------------------------------------------------------------
+    *_rows(
+        MAIN_FALLBACK,
+        "client_reader",
+        CLIENT,
+        ("POST", f"{C}/createRoom"),
+        ("GET", f"{C}/publicRooms?limit=20"),
+        ("GET", f"{C}/rooms/{ROOM}/joined_members"),
+        ("GET", f"{C}/rooms/{ROOM}/context/{EVENT}?limit=10"),
+        ("GET", f"{C}/rooms/{ROOM}/members?membership=join"),
+        ("GET", f"{C}/rooms/{ROOM}/state"),
+        ("GET", f"/_matrix/client/v1/rooms/{ROOM}/hierarchy"),
+        ("GET", f"/_matrix/client/v1/rooms/{ROOM}/relations/{EVENT}/m.thread"),
+        ("GET", f"/_matrix/client/v1/rooms/{ROOM}/threads?include=all"),
+        ("GET", f"/_matrix/client/unstable/im.nheko.summary/summary/{ALIAS}"),
+        ("GET", f"/_matrix/client/v1/room_summary/{ROOM}"),
+        ("GET", f"{C}/account/3pid"),
+        ("GET", f"{C}/account/whoami"),
+        ("POST", f"{C}/account/deactivate"),
+        ("GET", "/_matrix/client/versions"),
+        ("GET", f"{C}/voip/turnServer"),
+        ("GET", f"{C}/rooms/{ROOM}/event/{EVENT}"),
+        ("GET", f"{C}/joined_rooms"),
+        ("GET", f"/_matrix/client/v1/rooms/{ROOM}/timestamp_to_event?ts=1700000000000&dir=f"),
+        ("GET", f"{C}/rooms/{ROOM}/aliases"),
+        ("POST", f"{C}/search"),
+        ("POST", f"{C}/user/{USER}/filter"),
+        ("GET", f"{C}/user/{USER}/filter/1"),
+        ("GET", f"{C}/directory/room/{ALIAS}"),
+        ("GET", f"{C}/capabilities"),
+        ("GET", f"{C}/notifications?limit=10"),
+    ),
+    *_rows(MAIN_FALLBACK, "client_reader", ADMIN, ("GET", f"{A}/rooms/{ROOM}")),
+    *_rows(
+        MAIN_FALLBACK,
+        "client_reader",
+        E2E,
+        ("POST", f"{C}/keys/query"),
+        ("GET", f"{C}/keys/changes?from=s1&to=s2"),
+        ("POST", f"{C}/keys/claim"),
+        ("GET", f"{C}/room_keys/version"),
+        ("PUT", f"{C}/room_keys/keys?version=1"),
+    ),
+    *_rows(
+        MAIN_FALLBACK,
+        "client_reader",
+        LOGIN,
+        ("GET", f"{C}/login"),
+        ("POST", f"{C}/login"),
+        ("POST", f"{C}/register"),
+        ("GET", f"{C}/register/available?username=alice"),
+        ("GET", "/_matrix/client/v1/register/m.login.registration_token/validity?token=abcd"),
+        ("GET", f"{C}/password_policy"),
+    ),
+    *_rows(MAIN_FALLBACK, "client_reader", PAGINATION, ("GET", f"{C}/rooms/{ROOM}/messages?dir=b&limit=20")),
+    *_rows(
+        MAIN_FALLBACK,
+        "client_reader",
+        MSC4140,
+        ("GET", DELAYED),
+        ("POST", f"{DELAYED}/syd_wlGAStYmBRRdjyCndOnD/restart"),
+    ),
+    # --- device lists: any worker, best its writer ------------------------------------
+    *_rows(
+        MAIN_FALLBACK,
+        "device_lists client_reader",
+        DEVICE_LISTS,
+        ("POST", f"{C}/delete_devices"),
+        ("GET", f"{C}/devices"),
+        ("PUT", f"{C}/devices/QBUAZIFURK"),
+        ("DELETE", f"{C}/devices/QBUAZIFURK"),
+        ("POST", f"{C}/keys/upload"),
+        ("POST", f"{C}/keys/device_signing/upload"),
+        ("POST", f"{C}/keys/signatures/upload"),
+    ),
+    # --- event_creator ------------------------------------------------------------------
+    *_rows(
+        MAIN_FALLBACK,
+        "event_creator",
+        SENDING,
+        ("PUT", f"{C}/rooms/{ROOM}/send/m.room.message/m1700000000000.0"),
+        ("PUT", f"{C}/rooms/{ROOM}/redact/{EVENT}/m1700000000000.1"),
+        ("PUT", f"{C}/rooms/{ROOM}/state/m.room.name"),
+        ("PUT", f"{C}/rooms/{ROOM}/state/m.room.member/{USER}"),
+        ("GET", f"{C}/rooms/{ROOM}/state/m.room.power_levels/"),
+        ("POST", f"{C}/rooms/{ROOM}/join"),
+        ("POST", f"{C}/rooms/{ROOM}/invite"),
+        ("POST", f"{C}/rooms/{ROOM}/leave"),
+        ("POST", f"{C}/rooms/{ROOM}/kick"),
+        ("POST", f"{C}/join/{ALIAS}?server_name=example.org"),
+        ("POST", f"{C}/knock/{ROOM}"),
+        ("GET", f"{C}/profile/{USER}"),
+        ("PUT", f"{C}/profile/{USER}/displayname"),
+    ),
+    # --- user directory -------------------------------------------------------------------
+    *_rows(MAIN_FALLBACK, "user_dir client_reader", USER_DIR, ("POST", f"{C}/user_directory/search")),
+    # --- stream writers ----------------------------------------------------------------------
+    *_rows(MAIN_UNTIL_DEPLOYED, "typing", TYPING, ("PUT", f"{C}/rooms/{ROOM}/typing/{USER}")),
+    *_rows(
+        MAIN_UNTIL_DEPLOYED,
+        "to_device",
+        TO_DEVICE,
+        ("PUT", f"{C}/sendToDevice/m.room.encrypted/m1700000000000.2"),
+    ),
+    *_rows(
+        MAIN_FALLBACK,
+        "receipts",
+        RECEIPTS,
+        ("POST", f"{C}/rooms/{ROOM}/receipt/m.read/{EVENT}"),
+        ("POST", f"{C}/rooms/{ROOM}/read_markers"),
+    ),
+    # Reads: the writer, or any worker (GET-only list); writes: the writer alone.
+    *_rows(
+        MAIN_FALLBACK,
+        "account_data client_reader",
+        f"{ACCOUNT_DATA} and {GET_ONLY}",
+        ("GET", f"{C}/user/{USER}/account_data/m.direct"),
+        ("GET", f"{C}/user/{USER}/rooms/{ROOM}/account_data/m.fully_read"),
+        ("GET", f"{C}/user/{USER}/rooms/{ROOM}/tags"),
+    ),
+    *_rows(
+        MAIN_UNTIL_DEPLOYED,
+        "account_data",
+        ACCOUNT_DATA,
+        ("PUT", f"{C}/user/{USER}/account_data/m.direct"),
+        ("PUT", f"{C}/user/{USER}/rooms/{ROOM}/account_data/org.example.custom"),
+        ("PUT", f"{C}/user/{USER}/rooms/{ROOM}/tags/m.favourite"),
+    ),
+    *_rows(
+        MAIN_FALLBACK,
+        "presence client_reader",
+        f"{PRESENCE} and {GET_ONLY}",
+        ("GET", f"{C}/presence/{USER}/status"),
+    ),
+    *_rows(MAIN_UNTIL_DEPLOYED, "presence", PRESENCE, ("PUT", f"{C}/presence/{USER}/status")),
+    *_rows(
+        MAIN_FALLBACK,
+        "push_rules client_reader",
+        f"{PUSH_RULES} and {GET_ONLY}",
+        ("GET", f"{C}/pushrules/"),
+        ("GET", f"{C}/pushrules/global/override/.m.rule.master/enabled"),
+    ),
+    *_rows(
+        MAIN_UNTIL_DEPLOYED,
+        "push_rules",
+        PUSH_RULES,
+        ("PUT", f"{C}/pushrules/global/override/org.example.rule"),
+        ("PUT", f"{C}/pushrules/global/override/.m.rule.master/enabled"),
+    ),
+    *_rows(
+        MAIN_FALLBACK,
+        "client_reader",
+        _doc(GET_ONLY, "^/_synapse/admin/v2/users/[^/]+$"),
+        ("GET", f"/_synapse/admin/v2/users/{USER}"),
+    ),
+    # --- media_repository ---------------------------------------------------------------------
+    *_rows(
+        MAIN_UNTIL_DEPLOYED,
+        "media_repository",
+        _doc(MEDIA_REPO, "/_matrix/media/"),
+        ("GET", f"/_matrix/media/v3/download/{MEDIA}"),
+        ("GET", f"/_matrix/media/v3/thumbnail/{MEDIA}?width=32&height=32&method=crop"),
+        ("POST", "/_matrix/media/v3/upload?filename=cat.png"),
+        ("POST", "/_matrix/media/v1/create"),
+        ("GET", "/_matrix/media/v3/config"),
+        ("GET", "/_matrix/media/v3/preview_url?url=https%3A%2F%2Fexample.com%2F"),
+    ),
+    *_rows(
+        MAIN_UNTIL_DEPLOYED,
+        "media_repository",
+        _doc(MEDIA_REPO, "/_matrix/client/v1/media/"),
+        ("GET", f"/_matrix/client/v1/media/download/{MEDIA}"),
+        ("GET", f"/_matrix/client/v1/media/thumbnail/{MEDIA}?width=32&height=32"),
+        ("GET", "/_matrix/client/v1/media/config"),
+    ),
+    *_rows(
+        MAIN_UNTIL_DEPLOYED,
+        "media_repository",
+        _doc(MEDIA_REPO, "/_matrix/federation/v1/media/"),
+        ("GET", f"{F}/media/download/GCmhgzMPRjqgpODLsNQzVuHZ"),
+        ("GET", f"{F}/media/thumbnail/GCmhgzMPRjqgpODLsNQzVuHZ?width=32&height=32"),
+    ),
+    *_rows(
+        MAIN_UNTIL_DEPLOYED,
+        "media_repository",
+        _doc(MEDIA_REPO, "media administration APIs"),
+        ("POST", f"{A}/purge_media_cache?before_ts=1700000000000"),
+        ("GET", f"{A}/room/{ROOM}/media"),
+        ("POST", f"{A}/user/{USER}/media/quarantine"),
+        ("GET", f"{A}/users/{USER}/media"),
+        ("GET", f"{A}/media/{MEDIA}"),
+        ("POST", f"{A}/media/delete?before_ts=1700000000000"),
+        ("POST", f"{A}/media/quarantine/{MEDIA}"),
+    ),
+    *_rows(
+        MAIN_UNTIL_DEPLOYED,
+        "media_repository",
+        _doc(QUARANTINE, "^/_synapse/admin/v1/quarantine_media/.*$"),
+        ("POST", f"{A}/quarantine_media/{ROOM}"),
+    ),
+    # --- SSO: one process, main or a worker -------------------------------------------------
+    *_rows(
+        MAIN_ALSO,
+        "client_reader",
+        SSO,
+        ("GET", f"{C}/login/sso/redirect?redirectUrl=https%3A%2F%2Fapp.example%2F"),
+        ("GET", "/_synapse/client/pick_idp?redirectUrl=https%3A%2F%2Fapp.example%2F"),
+        ("GET", "/_synapse/client/pick_username/account_details"),
+        ("POST", "/_synapse/client/new_user_consent"),
+        ("GET", "/_synapse/client/sso_register"),
+        ("GET", "/_synapse/client/oidc/callback?code=c&state=s"),
+        ("POST", "/_synapse/client/saml2/authn_response"),
+        ("GET", f"{C}/login/cas/ticket?redirectUrl=https%3A%2F%2Fapp.example%2F&ticket=t"),
+    ),
+    # --- main only: listed for no worker -------------------------------------------------------
+    *_rows(
+        MAIN_ONLY,
+        "",
+        UNLISTED,
+        ("POST", f"{C}/logout"),
+        ("POST", f"{C}/refresh"),
+        ("POST", f"{C}/account/password"),
+        ("POST", f"{C}/account/3pid/add"),
+        ("GET", f"{C}/pushers"),
+        ("POST", f"{C}/user/{USER}/openid/request_token"),
+        ("POST", f"{C}/rooms/{ROOM}/forget"),
+        ("POST", f"{C}/rooms/{ROOM}/report/{EVENT}"),
+        ("GET", f"{C}/directory/list/room/{ROOM}"),
+        ("GET", f"{C}/admin/whois/{USER}"),
+        ("GET", f"{C}/auth/m.login.recaptcha/fallback/web?session=abc"),
+        ("POST", f"{DELAYED}/syd_wlGAStYmBRRdjyCndOnD/cancel"),
+        ("POST", f"{F}/user/keys/query"),
+        ("GET", f"{F}/openid/userinfo?access_token=abc"),
+        ("GET", "/_matrix/key/v2/server"),
+        ("GET", f"{A}/server_version"),
+        ("GET", "/_synapse/admin/v2/users?from=0&limit=10"),
+        ("PUT", f"/_synapse/admin/v2/users/{USER}"),
+    ),
+    # --- never forwarded ----------------------------------------------------------------------
+    *_rows(
+        NEVER_FORWARDED,
+        "",
+        REPLICATION,
+        ("POST", f"/_synapse/replication/send_event/{EVENT}/txn1"),
+        # nginx decodes and merges the path before it matches: no way round.
+        ("GET", "/_synapse/%72eplication/get_repl_stream_updates/events"),
+        ("GET", "//_synapse//replication/presence_set_state/@alice:example.org"),
+    ),
+]
+
+# Requests the docs' regexes cannot tell apart: a transaction ID or state key
+# is the client's to choose, and one spelled like the last segment of another
+# endpoint (typing, tags, receipt, messages) matches that endpoint's regex,
+# which the docs leave open at the end. A worker reached that way still has
+# the client resource and serves the request (generic workers register the
+# event-sending servlets, synapse/rest/client/room.py); it only misses the
+# event_creator upstream and its room-sticky balancing. Kept apart from SAMPLES.
+CHOSEN_SEGMENT_SAMPLES = [
+    *_rows(
+        MAIN_FALLBACK,
+        "event_creator",
+        _doc(SENDING, "^/_matrix/client/(api/v1|r0|v3|unstable)/rooms/.*/send"),
+        ("PUT", f"{C}/rooms/{ROOM}/send/m.room.message/typing"),
+        ("PUT", f"{C}/rooms/{ROOM}/send/m.room.message/tags"),
+        ("PUT", f"{C}/rooms/{ROOM}/send/m.room.message/receipt"),
+    ),
+    *_rows(
+        MAIN_FALLBACK,
+        "event_creator",
+        _doc(SENDING, "^/_matrix/client/(api/v1|r0|v3|unstable)/rooms/.*/state/"),
+        ("PUT", f"{C}/rooms/{ROOM}/state/org.example.status/typing"),
+        ("PUT", f"{C}/rooms/{ROOM}/state/org.example.status/messages"),
+    ),
+]

@@ -1,0 +1,487 @@
+"""Concrete requests sent through each preset's nginx routes, judged by docs/workers.md.
+
+tests/lib/routing_samples.py lists requests and the worker types Synapse's
+docs let serve them, written from the docs rather than from the catalogue;
+tests/lib/routing_check.py finds the location nginx picks for each and the
+processes behind it. Every preset, with UNIX sockets and with nginx on a host
+of its own (TCP), must send no request to a process that cannot serve it; no
+request may fall to main while a running worker is listed for it; and a
+client-chosen transaction ID or state key must not steer a request to another
+endpoint's upstream. nginx itself, serving the rendered site, must pick the
+location the checker picks for every request, and the checker is shown to
+catch routes broken on purpose.
+"""
+
+from __future__ import annotations
+
+import copy
+import http.client
+import re
+import socket
+import ssl
+import subprocess
+import time
+
+import pytest
+
+from ansible_collections.polylith.synapse.plugins.plugin_utils.topology import (
+    build_topology,
+)
+from ansible_collections.polylith.synapse.plugins.plugin_utils.worker_catalogue import (
+    WORKER_TYPES,
+)
+from ansible_collections.polylith.synapse.plugins.plugin_utils.worker_presets import (
+    PRESETS,
+)
+from lib.routing_check import (
+    BROKEN,
+    FORWARDED,
+    MAIN_ONLY,
+    MAIN_POLICIES,
+    MISROUTED,
+    MISSED_WORKER,
+    NEVER_FORWARDED,
+    REFUSED,
+    Sample,
+    check,
+    map_value,
+    nginx_unquote,
+    normalise_uri,
+    processes,
+    resolve,
+)
+from lib.routing_samples import CHOSEN_SEGMENT_SAMPLES, DELAYED, SAMPLES
+
+LAYOUTS = {
+    "unix": {"main_host": "app1", "hosts": {"app1": "127.0.0.1"}},
+    # nginx on a host of its own: every upstream server is address:port.
+    "tcp": {
+        "main_host": "app1",
+        "hosts": {"app1": "10.0.0.1", "edge": "10.0.0.9"},
+        "proxy_hosts": ["edge"],
+    },
+}
+HARD = (MISROUTED, REFUSED, FORWARDED, BROKEN)
+ADMIN_PREFIX = "/_synapse/admin"  # __nginx_admin_api_prefix of the nginx role
+
+SYNC = next(s for s in SAMPLES if s.path.startswith("/_matrix/client/v3/sync?"))
+DOWNLOAD = next(s for s in SAMPLES if s.path.startswith("/_matrix/media/v3/download/"))
+
+
+def preset(name, layout="unix"):
+    return build_topology(None, preset=name, **LAYOUTS[layout])
+
+
+def report(findings):
+    return "\n".join(str(f) for f in findings)
+
+
+def of_kind(findings, *kinds):
+    return [f for f in findings if f.kind in kinds]
+
+
+# --- the table ------------------------------------------------------------------
+
+
+def test_the_table_is_well_formed():
+    requests = [(s.method, s.path) for s in SAMPLES + CHOSEN_SEGMENT_SAMPLES]
+    assert len(requests) == len(set(requests)), "a request is listed twice"
+    assert 100 <= len(SAMPLES) <= 200
+    for sample in SAMPLES + CHOSEN_SEGMENT_SAMPLES:
+        assert sample.types <= set(WORKER_TYPES), sample
+        assert sample.main in MAIN_POLICIES and sample.doc, sample
+        assert sample.method in ("GET", "HEAD", "POST", "PUT", "DELETE"), sample
+
+
+def test_the_table_samples_every_worker_type_that_serves_requests():
+    sampled = {t for s in SAMPLES for t in s.types}
+    serving = {name for name, t in WORKER_TYPES.items() if t.endpoints}
+    # The docs list no endpoints of thread subscriptions (the catalogue takes
+    # them from Synapse's code).
+    assert sampled == serving - {"thread_subscriptions"}
+    assert {s.main for s in SAMPLES} == set(MAIN_POLICIES)
+
+
+def test_a_sample_contradicting_its_policy_is_refused():
+    with pytest.raises(ValueError, match="contradict"):
+        Sample("GET", "/x", frozenset({"synchrotron"}), MAIN_ONLY, "doc")
+    with pytest.raises(ValueError, match="unknown main policy"):
+        Sample("GET", "/x", frozenset({"synchrotron"}), "sometimes", "doc")
+
+
+# --- every preset -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_no_request_reaches_a_process_that_cannot_serve_it(name, layout):
+    findings = of_kind(check(preset(name, layout), SAMPLES), *HARD)
+    assert findings == [], report(findings)
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_no_request_falls_to_main_while_a_worker_may_serve_it(name):
+    findings = of_kind(check(preset(name), SAMPLES), MISSED_WORKER)
+    assert findings == [], report(findings)
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_client_chosen_segments_do_not_steer_a_request(name):
+    # A transaction ID or state key spelled like another endpoint's last segment.
+    findings = check(preset(name), CHOSEN_SEGMENT_SAMPLES)
+    assert findings == [], report(findings)
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_the_closed_admin_api_is_answered_by_nginx(name):
+    topo = preset(name)
+    admin = [s for s in SAMPLES if s.path.startswith(ADMIN_PREFIX)]
+    assert len(admin) >= 10
+    for sample in admin:
+        assert resolve(
+            topo["nginx"], sample.method, sample.path, closed_prefixes=(ADMIN_PREFIX,)
+        ).location == (f"^~ {ADMIN_PREFIX}")
+    closed = check(topo, SAMPLES, closed_prefixes=(ADMIN_PREFIX,))
+    assert [f for f in closed if f.sample.path.startswith(ADMIN_PREFIX)] == []
+    assert closed == [f for f in check(topo, SAMPLES) if not f.sample.path.startswith(ADMIN_PREFIX)]
+
+
+def test_every_upstream_server_is_a_process_of_the_topology():
+    for name in PRESETS:
+        for layout in LAYOUTS:
+            topo = preset(name, layout)
+            known = processes(topo)
+            assert len(known) == 1 + len(topo["workers"])
+            for upstream in topo["nginx"]["upstreams"].values():
+                assert set(upstream["servers"]) <= set(known), (name, layout)
+
+
+# --- nginx as the checker reads it ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "target, uri",
+    [
+        ("/_matrix/client/v3/sync?since=s1&timeout=30000", "/_matrix/client/v3/sync"),
+        (
+            "/_matrix/client/v3/directory/room/%23lobby:example.org",
+            "/_matrix/client/v3/directory/room/#lobby:example.org",
+        ),
+        ("//_matrix///client/v3/sync", "/_matrix/client/v3/sync"),
+        ("/_matrix/client/v3/./sync", "/_matrix/client/v3/sync"),
+        ("/_matrix/media/v3/../../client/v3/sync", "/_matrix/client/v3/sync"),
+        (
+            "/_matrix/client/v3/pushrules/global/override/.m.rule.master",
+            "/_matrix/client/v3/pushrules/global/override/.m.rule.master",
+        ),
+        ("/_synapse/%72eplication%2Fx", "/_synapse/replication/x"),
+        ("/_matrix/client/v3/rooms/", "/_matrix/client/v3/rooms/"),
+    ],
+)
+def test_the_uri_is_normalised_the_way_nginx_does(target, uri):
+    assert normalise_uri(target) == uri
+
+
+def test_a_uri_above_the_root_is_refused():
+    with pytest.raises(ValueError, match="leaves the root"):
+        normalise_uri("/../etc/passwd")
+
+
+def test_quoted_arguments_are_unescaped_the_way_nginx_does():
+    assert nginx_unquote(r"^/a\.b$") == r"^/a\.b$"
+    assert nginx_unquote(r"^/a\\.b$") == r"^/a\.b$"
+    assert nginx_unquote(r"\"x\"") == '"x"'
+    with pytest.raises(ValueError, match="double quote"):
+        nginx_unquote('a"b')
+
+
+def test_maps_match_strings_ignoring_case_before_regexes():
+    chooser = {
+        "source": "$request_method",
+        "variable": "$x",
+        "default": "main",
+        "cases": [
+            {"pattern": "~^P", "value": "regex"},
+            {"pattern": "PUT", "value": "exact"},
+            {"pattern": "~*^de", "value": "nocase"},
+        ],
+    }
+    assert map_value(chooser, "PUT") == "exact"
+    assert map_value(chooser, "put") == "exact"
+    assert map_value(chooser, "POST") == "regex"
+    assert map_value(chooser, "DELETE") == "nocase"
+    assert map_value(chooser, "GET") == "main"
+
+
+def _site(*routes, denied=("^/_synapse/replication/",)):
+    return {
+        "upstreams": {"a": {"servers": []}, "b": {"servers": []}, "synapse_main": {"servers": []}},
+        "routes": [{"pattern": p, "upstream": u, "upstream_variable": None} for p, u in routes],
+        "default_upstream": "synapse_main",
+        "denied_patterns": list(denied),
+        "maps": [],
+    }
+
+
+def test_locations_are_chosen_in_nginx_order():
+    site = _site(
+        ("^/_matrix/client/", "a"), ("^/_matrix/client/v3/sync$", "b"), ("^/_synapse/replication/x", "b")
+    )
+    # The first regex in the file wins, not the longest.
+    assert resolve(site, "GET", "/_matrix/client/v3/sync").upstream == "a"
+    # The denied patterns come before the routes.
+    assert resolve(site, "GET", "/_synapse/replication/x").answers == "denied pattern"
+    # An exact location beats every regex; a ^~ prefix stops the regexes.
+    assert resolve(
+        site, "GET", "/_matrix/client/v3/sync", exact_locations=("/_matrix/client/v3/sync",)
+    ).answers
+    assert (
+        resolve(site, "GET", "/_matrix/client/x", closed_prefixes=("/_matrix/",)).location == "^~ /_matrix/"
+    )
+    # ^~ is a plain prefix: it covers /_synapse/administrator too.
+    assert resolve(site, "GET", "/_synapse/administrator", closed_prefixes=("/_synapse/admin",)).answers
+    # Nothing else matches: location /.
+    assert resolve(site, "GET", "/_matrix/key/v2/server") == resolve(site, "GET", "/anything")
+    assert resolve(site, "GET", "/anything").upstream == "synapse_main"
+    # ~ is case-sensitive.
+    assert resolve(site, "GET", "/_MATRIX/client/v3/sync").upstream == "synapse_main"
+
+
+def test_a_method_limited_route_asks_its_map():
+    nginx = preset("one-of-each")["nginx"]
+    limited = {r["pattern"]: r for r in nginx["routes"] if r["upstream_variable"]}
+    for pattern, path, other in [
+        (f"^{DELAYED}/[^/]+$", f"{DELAYED}/syd_abc", "POST"),
+        ("^/_synapse/admin/v2/users/[^/]+$", "/_synapse/admin/v2/users/@alice:example.org", "PUT"),
+    ]:
+        route = limited.pop(pattern)
+        assert resolve(nginx, "GET", path).upstream == route["upstream"]
+        assert resolve(nginx, "HEAD", path).upstream == route["upstream"]
+        assert resolve(nginx, other, path).upstream == nginx["default_upstream"]
+    assert limited == {}
+
+
+# --- routes broken on purpose -------------------------------------------------------------
+
+
+def _broken(name="one-of-each"):
+    return copy.deepcopy(preset(name))
+
+
+def test_sync_pointed_at_the_media_worker_is_caught():
+    topo = _broken()
+    for route in topo["nginx"]["routes"]:
+        if route["worker_type"] == "synchrotron":
+            route["upstream"] = "synapse_media_repository"
+    findings = check(topo, SAMPLES)
+    assert {f.kind for f in findings if f.sample.types == {"synchrotron"}} == {MISROUTED}
+    (sync,) = [f for f in findings if f.sample == SYNC]
+    assert sync.upstream == "synapse_media_repository"
+    assert [p.name for p in sync.reached] == ["media_repository"]
+    message = str(sync)
+    assert message.startswith(
+        f"misrouted: GET {SYNC.path} -> synapse_media_repository [media_repository (media_repository)]"
+    )
+    assert "may serve it: synchrotron" in message and "^/_matrix/client/(r0|v3)/sync$" in message
+
+
+def test_an_upstream_server_of_the_wrong_process_is_caught():
+    topo = _broken()
+    media = next(w for w in topo["workers"] if "media_repository" in w["types"])
+    topo["nginx"]["upstreams"]["synapse_synchrotron"]["servers"].append(
+        media["listeners"][0]["upstream_server"]
+    )
+    findings = [f for f in check(topo, SAMPLES) if f.sample == SYNC]
+    assert [(f.kind, [p.name for p in f.reached]) for f in findings] == [
+        (MISROUTED, ["generic", "media_repository"])
+    ]
+    assert "media_repository has none of the types" in str(findings[0])
+
+
+def test_a_missing_media_route_is_caught():
+    topo = _broken()
+    topo["nginx"]["routes"] = [r for r in topo["nginx"]["routes"] if r["pattern"] != "^/_matrix/media/"]
+    findings = [f for f in check(topo, SAMPLES) if f.sample == DOWNLOAD]
+    assert [(f.kind, f.location, f.upstream) for f in findings] == [(MISROUTED, "/", "synapse_main")]
+    assert "main no longer serves it once media_repository runs" in str(findings[0])
+
+
+def test_a_missing_sync_route_is_caught():
+    topo = _broken()
+    topo["nginx"]["routes"] = [r for r in topo["nginx"]["routes"] if r["worker_type"] != "synchrotron"]
+    findings = check(topo, SAMPLES)
+    assert {(f.kind, f.upstream) for f in findings if f.sample.types == {"synchrotron"}} == {
+        (MISSED_WORKER, "synapse_main")
+    }
+    assert len([f for f in findings if f.sample.types == {"synchrotron"}]) == 6
+    assert "main serves it although synchrotron runs" in str(next(f for f in findings if f.sample == SYNC))
+
+
+def test_a_missing_denied_pattern_is_caught():
+    topo = _broken()
+    topo["nginx"]["denied_patterns"] = [p for p in topo["nginx"]["denied_patterns"] if "replication" not in p]
+    findings = [f for f in check(topo, SAMPLES) if f.sample.main == NEVER_FORWARDED]
+    assert [(f.kind, f.upstream) for f in findings] == [(FORWARDED, "synapse_main")] * 3
+
+
+def test_a_denied_pattern_over_a_served_path_is_caught():
+    topo = _broken()
+    topo["nginx"]["denied_patterns"].append("^/_matrix/client/v3/sync$")
+    findings = [f for f in check(topo, SAMPLES) if f.kind == REFUSED]
+    assert {f.sample.path.split("?")[0] for f in findings} == {
+        "/_matrix/client/v3/sync",
+        "/_matrix/client/v3//sync",
+    }
+
+
+def test_a_broken_method_map_is_caught():
+    update = Sample(
+        "POST", f"{DELAYED}/syd_abc", frozenset(), MAIN_ONLY, "synapse/rest/client/delayed_events.py"
+    )
+    topo = _broken()
+    assert check(topo, [update]) == []
+    for chooser in topo["nginx"]["maps"]:
+        if chooser["source"] == "$request_method":
+            chooser["default"] = "synapse_client_reader"
+    (finding,) = check(topo, [update])
+    assert (finding.kind, finding.upstream) == (MISROUTED, "synapse_client_reader")
+
+
+def test_an_unknown_upstream_is_caught():
+    topo = _broken()
+    for route in topo["nginx"]["routes"]:
+        if route["worker_type"] == "synchrotron":
+            route["upstream"] = "synapse_nowhere"
+    (finding,) = [f for f in check(topo, SAMPLES) if f.sample == SYNC]
+    assert (finding.kind, finding.upstream, finding.detail) == (BROKEN, "synapse_nowhere", "no such upstream")
+
+
+def test_a_greedy_route_in_front_is_caught():
+    topo = _broken()
+    topo["nginx"]["routes"].insert(
+        0,
+        {
+            "pattern": "^/_matrix/client/",
+            "upstream": "synapse_typing",
+            "worker_type": "typing",
+            "methods": [],
+            "upstream_variable": None,
+        },
+    )
+    findings = check(topo, SAMPLES)
+    (sync,) = [f for f in findings if f.sample == SYNC]
+    assert sync.location == '~ "^/_matrix/client/"' and sync.kind == MISROUTED
+    typing = [s for s in SAMPLES if s.types == {"typing"}]
+    assert typing and not [f for f in findings if f.sample in typing]
+
+
+# --- nginx itself agrees --------------------------------------------------------------------
+
+WELL_KNOWN = ("/.well-known/matrix/server", "/.well-known/matrix/client")
+
+
+def _through_nginx(tmp_path, topo, requests, **overrides):
+    """Serve the rendered site with nginx on loopback: the ($uri, upstream) it logs for each request."""
+    from test_routing_gaps import _free_port, _nginx_template_tests
+
+    site_tests = _nginx_template_tests()
+    assert site_tests.NGINX is not None, "nginx is not installed: tests/run installs nginx-light"
+    port = _free_port()
+    site = tmp_path / "matrix-synapse.conf"
+    site.write_text(
+        site_tests.render_for_nginx(
+            tmp_path,
+            topo,
+            nginx_https_port=port,
+            nginx_federation_port=0,
+            nginx_http_port=0,
+            nginx_listen_ipv6=False,
+            **overrides,
+        )
+    )
+    conf = tmp_path / "nginx.conf"
+    conf.write_text("daemon off;\nmaster_process off;\n" + site_tests.scratch_main_conf(tmp_path, str(site)))
+    process = subprocess.Popen(
+        [site_tests.NGINX, "-p", str(tmp_path), "-e", str(tmp_path / "error.log"), "-c", str(conf)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert process.poll() is None, process.stderr.read()
+                assert time.monotonic() < deadline, "nginx did not start listening"
+                time.sleep(0.1)
+        connection = None
+        for method, path in requests:
+            for attempt in range(2):
+                if connection is None:
+                    connection = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=10)
+                try:
+                    connection.request(
+                        method,
+                        path,
+                        body=b"{}" if method in ("POST", "PUT") else None,
+                        headers={"Host": "matrix.example.org"},
+                    )
+                    response = connection.getresponse()
+                    response.read()
+                    break
+                except (http.client.HTTPException, OSError):
+                    connection.close()
+                    connection = None
+                    if attempt:
+                        raise
+            if response.will_close:
+                connection.close()
+                connection = None
+        if connection is not None:
+            connection.close()
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+    logged = re.findall(
+        r'"(\S+) (\S+) HTTP/[\d.]+" .*? upstream=(\S+) ', (tmp_path / "matrix-synapse.access.log").read_text()
+    )
+    assert [m for m, _, _ in logged] == [m for m, _ in requests]
+    return [(uri, upstream) for _, uri, upstream in logged]
+
+
+def _expected_log(nginx, requests, **options):
+    """What the checker says nginx logs: the normalised URI and the upstream, "denied" or "-"."""
+    expected = []
+    for method, path in requests:
+        resolution = resolve(nginx, method, path, **options)
+        upstream = resolution.upstream
+        if resolution.answers in ("denied pattern", "closed prefix"):
+            upstream = "denied"
+        elif resolution.answers == "exact location":
+            upstream = "-"
+        expected.append((normalise_uri(path), upstream))
+    return expected
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_nginx_picks_the_location_the_checker_picks(tmp_path, name):
+    topo = preset(name)
+    requests = [(s.method, s.path) for s in SAMPLES + CHOSEN_SEGMENT_SAMPLES] + [
+        ("GET", p) for p in WELL_KNOWN
+    ]
+    # The admin API open to the test's own address: its routes are in play.
+    logged = _through_nginx(tmp_path, topo, requests, nginx_admin_api_allowed_clients=["127.0.0.1"])
+    assert logged == _expected_log(topo["nginx"], requests, exact_locations=WELL_KNOWN)
+
+
+def test_nginx_closes_the_admin_api_where_the_checker_does(tmp_path):
+    topo = preset("one-of-each")
+    requests = [(s.method, s.path) for s in SAMPLES]
+    logged = _through_nginx(tmp_path, topo, requests)
+    assert logged == _expected_log(topo["nginx"], requests, closed_prefixes=(ADMIN_PREFIX,))
+    assert sum(upstream == "denied" for _, upstream in logged) > 10
