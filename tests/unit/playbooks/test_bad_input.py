@@ -26,7 +26,7 @@ PLAYBOOK = ROOT / "playbooks" / "site.yml"
 # Signs that Ansible tried to reach a host.
 CONNECTION_SIGNS = ("UNREACHABLE", "Failed to connect", "ssh:")
 # The play after the checks: it must never start for a bad case.
-FIRST_HOST_PLAY = "PLAY [PostgreSQL]"
+FIRST_HOST_PLAY = "PLAY [Gather the facts the roles read, once per host]"
 PARALLEL = 4
 
 BASE_INVENTORY = {
