@@ -45,7 +45,13 @@ def test_role_has_readme_with_data_safety_section(role):
 @pytest.mark.parametrize("role", ROLES)
 def test_templates_carry_the_managed_header(role):
     for template in (ROOT / "roles" / role / "templates").glob("*.j2"):
-        assert "ansible_managed | comment" in template.read_text(), template.name
+        text = template.read_text()
+        if template.name.endswith("_files.json.j2"):
+            # A path -> content mapping for synapse_files: each content comes
+            # from a template of the role, which carries the header itself.
+            assert "lookup('ansible.builtin.template', '" in text, template.name
+            continue
+        assert "ansible_managed | comment" in text, template.name
 
 
 PHASES = ("preflight", "install", "configure", "run")
