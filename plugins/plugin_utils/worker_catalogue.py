@@ -542,7 +542,7 @@ _TYPES = (
                 methods=READ_METHODS,
             ),
             EndpointGroup(
-                "Push rules, account data, presence and admin user reads "
+                "Push rules, account data and admin user reads "
                 "(GET; writes go to the writer or main)",
                 # docs/workers.md, "can be handled for GET requests". The
                 # stream writers' routes come first (ROUTE_PRIORITY), so these
@@ -551,7 +551,11 @@ _TYPES = (
                 (
                     *PUSH_RULES_PATTERNS,
                     *ACCOUNT_DATA_PATTERNS,
-                    *PRESENCE_PATTERNS,
+                    # Not presence, which docs/workers.md lists too: with main
+                    # writing presence, a generic worker of Synapse 1.163
+                    # answered GET presence/{userId}/status with 500 (the
+                    # multi-host scenario's client check). Presence stays
+                    # with its writer.
                     # UserRestServletV2Get: synapse/rest/admin/__init__.py
                     # registers it on workers, UserRestServletV2 (PUT as well)
                     # on main only. Like every admin route it is reached only
