@@ -147,10 +147,16 @@ PROXY_DENIED_PATTERNS = ("^/_synapse/replication/", "^/_synapse/metrics")
 _C = "^/_matrix/client/(api/v1|r0|v3|unstable)"
 _C3 = "^/_matrix/client/(r0|v3|unstable)"
 
-# Endpoints of a stream writer that any generic worker also serves for GET
-# (docs/workers.md, "can be handled for GET requests"): the writer lists them
-# for every method and client_reader for GET and HEAD, behind the writer's
-# route, so that a writer, when one runs, takes every method.
+# Endpoints of a stream writer that docs/workers.md also lets any generic
+# worker serve for GET ("can be handled for GET requests"): push rules,
+# account data, tags, presence and GET /_synapse/admin/v2/users/{user}. They
+# all stay with their writer (main while no worker writes the stream), reads
+# included. A worker learns of a write only when replication reaches it, so a
+# client that writes and reads back at once can read the old state from it:
+# in Synapse 1.163 a push rule PUT on main and read at once from a generic
+# worker answered 404 (the default scenario's client check), and a generic
+# worker answered GET presence/{userId}/status with 500 while main wrote
+# presence (the multi-host scenario's). Clients see these through /sync too.
 #
 # Account data and tags. docs/workers.md lists (r0|v3|unstable)/.*/tags and
 # .*/account_data, which a transaction ID or state key named "tags" or
@@ -539,30 +545,6 @@ _TYPES = (
                 # DelayedEventServlet (GET) on this path, main alone
                 # UpdateDelayedEventServlet (POST).
                 ("^/_matrix/client/unstable/org.matrix.msc4140/delayed_events/[^/]+$",),
-                methods=READ_METHODS,
-            ),
-            EndpointGroup(
-                "Push rules, account data and admin user reads "
-                "(GET; writes go to the writer or main)",
-                # docs/workers.md, "can be handled for GET requests". The
-                # stream writers' routes come first (ROUTE_PRIORITY), so these
-                # serve only while the stream has no writer worker; then every
-                # other method goes to main, the writer.
-                (
-                    *PUSH_RULES_PATTERNS,
-                    *ACCOUNT_DATA_PATTERNS,
-                    # Not presence, which docs/workers.md lists too: with main
-                    # writing presence, a generic worker of Synapse 1.163
-                    # answered GET presence/{userId}/status with 500 (the
-                    # multi-host scenario's client check). Presence stays
-                    # with its writer.
-                    # UserRestServletV2Get: synapse/rest/admin/__init__.py
-                    # registers it on workers, UserRestServletV2 (PUT as well)
-                    # on main only. Like every admin route it is reached only
-                    # by the clients of nginx_admin_api_allowed_clients: the
-                    # nginx role answers the others before choosing a route.
-                    "^/_synapse/admin/v2/users/[^/]+$",
-                ),
                 methods=READ_METHODS,
             ),
             EndpointGroup(

@@ -145,7 +145,7 @@ def test_method_limited_route_and_its_map():
     # With every stream writer running, the writers' routes take their
     # endpoints for every method; limited stay the paths whose other methods
     # main alone serves.
-    assert [r["pattern"] for r in limited] == [f"^{DELAYED}/[^/]+$", "^/_synapse/admin/v2/users/[^/]+$"]
+    assert [r["pattern"] for r in limited] == [f"^{DELAYED}/[^/]+$"]
     for route in limited:
         assert route["methods"] == ["GET", "HEAD"] and route["upstream"] == "synapse_client_reader"
         assert route["upstream_variable"] == "$synapse_client_reader_for_get_head"
@@ -316,8 +316,7 @@ def test_no_request_reaches_a_worker_without_its_method(synapse_servlets):
     assert {("GET", "DelayedEventServlet"), ("POST", "RestartDelayedEventServlet"),
             ("POST", "SlidingSyncRestServlet")} <= worker_client
     assert workers_lacking_methods(topology()["nginx"], synapse_servlets) == []
-    # The writers' reads that a client_reader takes while no writer runs are
-    # registered on workers too.
+    # With no writer worker, nothing a client_reader is sent lacks its method.
     reader_only = [{"name": "reader", "types": ["client_reader"]}]
     assert workers_lacking_methods(topology(reader_only)["nginx"], synapse_servlets) == []
 
@@ -328,7 +327,6 @@ def test_a_worker_without_the_method_is_caught(synapse_servlets, monkeypatch):
     monkeypatch.setitem(WORKER_TYPES, "client_reader", dataclasses.replace(reader, endpoints=unlimited))
     assert workers_lacking_methods(topology()["nginx"], synapse_servlets) == [
         ("POST", "UpdateDelayedEventServlet", "client_reader", f"{DELAYED}/a"),
-        ("PUT", "UserRestServletV2", "client_reader", "/_synapse/admin/v2/users/a"),
     ]
 
 
@@ -427,7 +425,7 @@ def test_nginx_catches_a_broken_method_map(tmp_path):
 
 # server_version asks for no access token; the media and room admin routes
 # are workers' regex locations, which a `^~` prefix location would hide; the
-# user lookup is a method-limited one (GET to a worker, PUT to main).
+# user lookup and update stay with main, which writes users.
 ADMIN_REQUESTS = [
     ("GET", "/_synapse/admin/v1/server_version"),
     ("GET", "/_synapse/admin/v1/media/example.org/abcdefgh"),
@@ -459,7 +457,7 @@ def test_routes_of_the_admin_api_reach_main_and_the_workers():
         "synapse_main",
         "synapse_media_repository",
         "synapse_client_reader",
-        "synapse_client_reader",
+        "synapse_main",
         "synapse_main",
     ]
 
