@@ -30,7 +30,10 @@ address), ``nginx_server_extra_config``, the plain-HTTP redirect server, and
 nginx's handling of malformed URIs (a ".." above the root is an error here).
 
 ``check`` judges a table of ``Sample`` requests against a topology and returns
-one ``Finding`` per sample that goes astray.
+one ``Finding`` per sample that goes astray. The policy itself is
+``judge_answered`` (nginx answered a request itself) and ``judge_reached``
+(nginx forwarded it to these processes); lib/routing_log.py applies the same
+two to what nginx's access log shows of real requests.
 """
 
 from __future__ import annotations
@@ -123,7 +126,11 @@ class Process:
 
 @dataclass(frozen=True)
 class Finding:
-    """A sample gone astray: where nginx sent it (location, upstream, processes) and why it is wrong."""
+    """A sample gone astray: where nginx sent it (location, upstream, processes) and why it is wrong.
+
+    Read from nginx's access log (lib/routing_log.py), ``location`` is empty
+    and ``logged`` holds the line.
+    """
 
     sample: Sample
     kind: str
@@ -131,6 +138,7 @@ class Finding:
     upstream: str | None
     reached: tuple
     detail: str
+    logged: str = ""
 
     def __str__(self):
         where = self.upstream or "nginx itself"
@@ -141,8 +149,10 @@ class Finding:
         return (
             f"{self.kind}: {self.sample} -> {where}"
             + (f" [{reached}]" if reached else "")
-            + f" via location {self.location}; may serve it: {allowed} (main: {self.sample.main}); "
+            + (f" via location {self.location}" if self.location else "")
+            + f"; may serve it: {allowed} (main: {self.sample.main}); "
             + f"{self.detail} [docs/workers.md: {self.sample.doc}]"
+            + (f"; nginx logged {self.logged}" if self.logged else "")
         )
 
 
@@ -264,6 +274,36 @@ def deployed_types(topology):
     return {t for worker in topology["workers"] for t in worker["types"]}
 
 
+def judge_answered(sample, answers):
+    """The policy for a request nginx answered itself (``answers`` says how): (kind, detail) or None."""
+    if answers == "closed prefix" or sample.main == NEVER_FORWARDED:
+        return None
+    kind = REFUSED if answers == "denied pattern" else BROKEN
+    return kind, f"nginx answers it itself ({answers})"
+
+
+def judge_reached(sample, running, reached):
+    """The policy for a request forwarded to the processes ``reached``: (kind, detail) or None.
+
+    ``running`` holds the worker types of the deployment: a request that may
+    fall to main only while none of its types runs is judged by them.
+    """
+    if sample.main == NEVER_FORWARDED:
+        return FORWARDED, "nginx must answer it itself"
+    wrong = [p for p in reached if not p.is_main and not set(p.types) & sample.types]
+    if wrong:
+        names = ", ".join(p.name for p in wrong)
+        return MISROUTED, f"{names} has none of the types that serve it"
+    if not any(p.is_main for p in reached):
+        return None
+    able = sorted(sample.types & running)
+    if sample.main == MAIN_ONLY or sample.main == MAIN_ALSO or not able:
+        return None
+    if sample.main == MAIN_UNTIL_DEPLOYED:
+        return MISROUTED, f"main no longer serves it once {', '.join(able)} runs"
+    return MISSED_WORKER, f"main serves it although {', '.join(able)} runs"
+
+
 def check(topology, samples, exact_locations=(), closed_prefixes=()):
     """Every sample that nginx, set up from the topology, sends astray: a list of Findings."""
     nginx = topology["nginx"]
@@ -277,10 +317,9 @@ def check(topology, samples, exact_locations=(), closed_prefixes=()):
             findings.append(Finding(sample, kind, resolution.location, upstream, tuple(reached), detail))
 
         if resolution.answers is not None:
-            if resolution.answers == "closed prefix" or sample.main == NEVER_FORWARDED:
-                continue
-            kind = REFUSED if resolution.answers == "denied pattern" else BROKEN
-            finding(kind, f"nginx answers it itself ({resolution.answers})")
+            verdict = judge_answered(sample, resolution.answers)
+            if verdict:
+                finding(*verdict)
             continue
         upstream = nginx["upstreams"].get(resolution.upstream)
         if upstream is None:
@@ -293,28 +332,7 @@ def check(topology, samples, exact_locations=(), closed_prefixes=()):
             )
             continue
         reached = [by_server[s] for s in upstream["servers"]]
-        if sample.main == NEVER_FORWARDED:
-            finding(FORWARDED, "nginx must answer it itself", resolution.upstream, reached)
-            continue
-        wrong = [p for p in reached if not p.is_main and not set(p.types) & sample.types]
-        if wrong:
-            names = ", ".join(p.name for p in wrong)
-            finding(MISROUTED, f"{names} has none of the types that serve it", resolution.upstream, reached)
-            continue
-        if not any(p.is_main for p in reached):
-            continue
-        able = sorted(sample.types & running)
-        if sample.main == MAIN_ONLY or sample.main == MAIN_ALSO or not able:
-            continue
-        if sample.main == MAIN_UNTIL_DEPLOYED:
-            finding(
-                MISROUTED,
-                f"main no longer serves it once {', '.join(able)} runs",
-                resolution.upstream,
-                reached,
-            )
-        else:
-            finding(
-                MISSED_WORKER, f"main serves it although {', '.join(able)} runs", resolution.upstream, reached
-            )
+        verdict = judge_reached(sample, running, reached)
+        if verdict:
+            finding(*verdict, resolution.upstream, reached)
     return findings
