@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs matrix_client_check.py against a throwaway Synapse on loopback, behind
-# an nginx TLS proxy with a CA and certificate made here, then removes it all.
+# Runs matrix_client_check.py and sliding_sync_check.py against a throwaway
+# Synapse on loopback, behind an nginx TLS proxy with a CA and certificate made
+# here, then removes it all.
 #
 #   tests/e2e/run_local.sh            the check must pass (exit 0), and then
 #                                     against a deliberately mis-routed vhost
@@ -198,8 +199,20 @@ if int(sys.argv[2]) != 1 or report["passed"] or got != want:
 print("mis-routed run failed as it should (exit 1, M_UNRECOGNIZED in media and user_directory)")
 EOF
 
+echo "==> sliding sync client against https://127.0.0.1:$tls_port: must pass"
+set +e
+"$PYTHON" "$here/sliding_sync_check.py" --url "https://127.0.0.1:$tls_port" \
+  --tls-server-name "$tls_name" --ca-cert "$work/tls/ca.crt" --server-name "$server_name" \
+  --record "$report_dir/sliding-sync.json"
+sliding_rc=$?
+set -e
+
 if [[ "$good_rc" != 0 ]]; then
   echo "run_local: the check FAILED against the local Synapse (exit $good_rc)" >&2
+  exit 1
+fi
+if [[ "$sliding_rc" != 0 ]]; then
+  echo "run_local: the sliding sync client FAILED against the local Synapse (exit $sliding_rc)" >&2
   exit 1
 fi
 echo "run_local: OK"

@@ -36,9 +36,11 @@ from conftest import ROOT
 from lib.routing_check import (
     BROKEN,
     FORWARDED,
+    MAIN_FALLBACK,
     MISROUTED,
     MISSED_WORKER,
     REFUSED,
+    Sample,
     normalise_uri,
     resolve,
 )
@@ -47,6 +49,7 @@ from lib.routing_samples import CHOSEN_SEGMENT_SAMPLES, SAMPLES
 
 sys.path.insert(0, str(ROOT / "tests" / "e2e"))
 import routing_probe  # noqa: E402
+import sliding_sync_check  # noqa: E402
 from plain_http import Homeserver  # noqa: E402
 
 ADMIN_PREFIX = "/_synapse/admin"
@@ -418,3 +421,17 @@ def test_nginx_with_typing_pointed_at_another_upstream_is_caught(tmp_path, socke
     (finding,) = findings
     assert "/typing/" in finding.sample.path and finding.reached[0].name.startswith("rooms")
     assert "has none of the types that serve it" in str(finding)
+
+
+def test_a_sliding_sync_record_is_judged_like_the_table():
+    # What sliding_sync_check.py records for each of its requests.
+    topo = preset("seed002")
+    sample = Sample("POST", f"{sliding_sync_check.SLIDING_SYNC}?timeout=0", sliding_sync_check.SERVED_BY,
+                    MAIN_FALLBACK, sliding_sync_check.WHERE)
+    sent = [Sent("polylith-sliding-sync/1/1", sample, "HTTP 200")]
+    sync = worker_of(topo, "synchrotron")["listeners"][0]["upstream_server"]
+    main = topo["main"]["listeners"][0]["upstream_server"]
+    uri = "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync"
+    assert judged(topo, sent, log_line("POST", uri, "synapse_synchrotron", sync, sent[0].marker)) == []
+    (finding,) = judged(topo, sent, log_line("POST", uri, "synapse_main", main, sent[0].marker))
+    assert finding.kind == MISSED_WORKER
