@@ -41,6 +41,8 @@ from lib.routing_check import (
     MISROUTED,
     MISSED_WORKER,
     NEVER_FORWARDED,
+    NOT_STICKY,
+    PASSED_OVER,
     REFUSED,
     Sample,
     check,
@@ -48,6 +50,7 @@ from lib.routing_check import (
     nginx_unquote,
     normalise_uri,
     processes,
+    query_argument,
     resolve,
 )
 from lib.routing_samples import CHOSEN_SEGMENT_SAMPLES, DELAYED, SAMPLES
@@ -309,10 +312,11 @@ def test_a_missing_sync_route_is_caught():
     topo = _broken()
     topo["nginx"]["routes"] = [r for r in topo["nginx"]["routes"] if r["worker_type"] != "synchrotron"]
     findings = check(topo, SAMPLES)
-    assert {(f.kind, f.upstream) for f in findings if f.sample.types == {"synchrotron"}} == {
+    # Every sync sample, initial syncs included (no initial synchrotron runs).
+    assert {(f.kind, f.upstream) for f in findings if "synchrotron" in f.sample.types} == {
         (MISSED_WORKER, "synapse_main")
     }
-    assert len([f for f in findings if f.sample.types == {"synchrotron"}]) == 6
+    assert len([f for f in findings if "synchrotron" in f.sample.types]) == 10
     assert "main serves it although synchrotron runs" in str(next(f for f in findings if f.sample == SYNC))
 
 
@@ -374,6 +378,43 @@ def test_a_greedy_route_in_front_is_caught():
     assert typing and not [f for f in findings if f.sample in typing]
 
 
+# --- the pools: initial syncs and room workers ---------------------------------------------
+
+# One worker of every type, the pools included.
+EVERY_TYPE = [{"name": name, "types": [name]} for name in WORKER_TYPES]
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_requests_reach_their_pool_hashed_by_their_room(name):
+    findings = of_kind(check(preset(name), SAMPLES + CHOSEN_SEGMENT_SAMPLES), PASSED_OVER, NOT_STICKY)
+    assert findings == [], report(findings)
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_every_type_at_once_sends_every_request_where_it_belongs(layout):
+    topo = build_topology(EVERY_TYPE, **LAYOUTS[layout])
+    assert {"initial_synchrotron", "room_worker"} <= {t for w in topo["workers"] for t in w["types"]}
+    findings = check(topo, SAMPLES + CHOSEN_SEGMENT_SAMPLES)
+    assert findings == [], report(findings)
+
+
+@pytest.mark.parametrize(
+    "target, since",
+    [
+        ("/_matrix/client/v3/sync", ""),
+        ("/_matrix/client/v3/sync?since=s1", "s1"),
+        ("/_matrix/client/v3/sync?timeout=0&since=s1_2&since=s3", "s1_2"),
+        ("/_matrix/client/v3/sync?SINCE=s1", "s1"),
+        ("/_matrix/client/v3/sync?since=", ""),
+        ("/_matrix/client/v3/sync?since", ""),
+        ("/_matrix/client/v3/sync?presince=s1", ""),
+        ("/_matrix/client/v3/sync?since=s%5F1", "s%5F1"),
+    ],
+)
+def test_query_arguments_are_read_the_way_nginx_reads_them(target, since):
+    assert query_argument(target, "since") == since
+
+
 # --- nginx itself agrees --------------------------------------------------------------------
 
 WELL_KNOWN = ("/.well-known/matrix/server", "/.well-known/matrix/client")
@@ -381,6 +422,16 @@ WELL_KNOWN = ("/.well-known/matrix/server", "/.well-known/matrix/client")
 
 def _through_nginx(tmp_path, topo, requests, **overrides):
     """Serve the rendered site with nginx on loopback: the ($uri, upstream) it logs for each request."""
+    return [(uri, upstream) for uri, upstream, _ in _nginx_log(tmp_path, topo, requests, **overrides)]
+
+
+def _nginx_log(tmp_path, topo, requests, **overrides):
+    """Serve the rendered site with nginx on loopback: ($uri, upstream, first server tried) of each request.
+
+    A request is (method, target) or (method, target, headers). No Synapse
+    listens, so nginx tries the upstream's servers in turn: the first one
+    it logged is the one the balancing picked.
+    """
     from test_routing_gaps import _free_port, _nginx_template_tests
 
     site_tests = _nginx_template_tests()
@@ -419,7 +470,8 @@ def _through_nginx(tmp_path, topo, requests, **overrides):
                 assert time.monotonic() < deadline, "nginx did not start listening"
                 time.sleep(0.1)
         connection = None
-        for method, path in requests:
+        for method, path, *extra in requests:
+            headers = {"Host": "matrix.example.org", **(extra[0] if extra else {})}
             for attempt in range(2):
                 if connection is None:
                     connection = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=10)
@@ -428,7 +480,7 @@ def _through_nginx(tmp_path, topo, requests, **overrides):
                         method,
                         path,
                         body=b"{}" if method in ("POST", "PUT") else None,
-                        headers={"Host": "matrix.example.org"},
+                        headers=headers,
                     )
                     response = connection.getresponse()
                     response.read()
@@ -447,10 +499,11 @@ def _through_nginx(tmp_path, topo, requests, **overrides):
         process.terminate()
         process.wait(timeout=10)
     logged = re.findall(
-        r'"(\S+) (\S+) HTTP/[\d.]+" .*? upstream=(\S+) ', (tmp_path / "matrix-synapse.access.log").read_text()
+        r'"(\S+) (\S+) HTTP/[\d.]+" .*? upstream=(\S+) upstream_addr=([^ ,]+)',
+        (tmp_path / "matrix-synapse.access.log").read_text(),
     )
-    assert [m for m, _, _ in logged] == [m for m, _ in requests]
-    return [(uri, upstream) for _, uri, upstream in logged]
+    assert [m for m, _, _, _ in logged] == [m for m, *_ in requests]
+    return [(uri, upstream, address) for _, uri, upstream, address in logged]
 
 
 def _expected_log(nginx, requests, **options):
