@@ -382,6 +382,12 @@ _TYPES = (
     # --- request handlers ---------------------------------------------------
     # Room workers (seed002's layout): every request whose path names a room
     # by its ID, hashed by room, so each worker caches its share of the rooms.
+    # The layout's nginx config sends main its own paths first (account/3pid/,
+    # directory/list/room/, pushrules/, rooms/.../forget and upgrade,
+    # login/sso/redirect, register), then to the room workers every
+    # /_matrix/client/ or /_matrix/federation/ path with a "!" (or "%21")
+    # followed by ":server" anywhere in it, and federation state_ids and
+    # get_missing_events by name; its note puts the stream endpoints first.
     # They come after the stream writers, whose endpoints (typing, receipts,
     # read markers, room account data and tags, thread subscriptions) stay
     # with their writer, and before every type below, whose room-ID paths
