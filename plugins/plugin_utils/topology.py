@@ -696,23 +696,45 @@ def _shared_config(main, workers):
     return shared
 
 
-def _method_map(upstream, methods, default_upstream):
-    """The nginx map choosing ``upstream`` for ``methods`` and main for the others."""
+def _condition_map(upstream, group, fallback):
+    """The nginx map choosing ``upstream`` for the requests a limited group serves.
+
+    A group limited to some methods maps ``$request_method``; one limited to
+    requests without a query argument maps ``$arg_<name>`` (empty when the
+    argument is missing). Every other request goes to ``fallback``.
+    """
+    if group.methods:
+        source = "$request_method"
+        condition = "for_" + "_".join(m.lower() for m in group.methods)
+        cases = [{"pattern": method, "value": upstream} for method in group.methods]
+    else:
+        source = f"$arg_{group.without_arg}"
+        condition = f"without_{group.without_arg}"
+        cases = [{"pattern": "", "value": upstream}]
     return {
-        "source": "$request_method",
-        "variable": f"${upstream}_for_{'_'.join(m.lower() for m in methods)}",
-        "default": default_upstream,
-        "cases": [{"pattern": method, "value": upstream} for method in methods],
+        "source": source,
+        "variable": f"${upstream}_{condition}",
+        "default": fallback,
+        "cases": cases,
     }
+
+
+def _condition_text(group):
+    """The requests a limited group serves, in words (for the site's comments)."""
+    if group.methods:
+        return ", ".join(group.methods)
+    return f"no {group.without_arg} argument"
 
 
 def _nginx(main, workers):
     """nginx upstreams and ordered routes: first match wins, else main.
 
-    A route whose endpoint group names ``methods`` sends those methods to its
-    upstream and every other method to main: its location proxies to the
-    variable of a ``$request_method`` map (``upstream_variable``) instead of
-    the upstream itself.
+    A route whose endpoint group is limited (to some ``methods``, or to
+    requests ``without_arg``) sends those requests to its upstream and every
+    other request where the route would send it without the limit: to the
+    next running type that lists the same pattern (``fallback_upstream``),
+    else to main. Its location proxies to the variable of an nginx map
+    (``upstream_variable``) instead of the upstream itself.
     """
     main_upstream = "synapse_main"
     upstreams = {
@@ -722,9 +744,8 @@ def _nginx(main, workers):
             "hash_key": None,
         }
     }
-    routes = []
-    method_maps = {}
-    seen_patterns = set()
+    # (pattern, type name, group, upstream) in route order.
+    candidates = []
     for type_name in ROUTE_PRIORITY:
         members = [w for w in workers if type_name in w["types"]]
         if not members:
@@ -744,25 +765,47 @@ def _nginx(main, workers):
                 if group.balance in BALANCE_KEYS
                 else None,
             }
-            variable = None
-            if group.methods:
-                method_map = _method_map(upstream, group.methods, main_upstream)
-                variable = method_map["variable"]
-                method_maps.setdefault(variable, method_map)
-            for pattern in group.patterns:
-                if pattern in seen_patterns:
-                    continue
-                seen_patterns.add(pattern)
-                routes.append(
-                    {
-                        "pattern": pattern,
-                        "upstream": upstream,
-                        "worker_type": type_name,
-                        # Empty: every method goes to the upstream.
-                        "methods": list(group.methods),
-                        "upstream_variable": variable,
-                    }
-                )
+            candidates.extend((pattern, type_name, group, upstream) for pattern in group.patterns)
+
+    routes = []
+    condition_maps = {}
+    seen_patterns = set()
+    for index, (pattern, type_name, group, upstream) in enumerate(candidates):
+        if pattern in seen_patterns:
+            continue
+        seen_patterns.add(pattern)
+        route = {
+            "pattern": pattern,
+            "upstream": upstream,
+            "worker_type": type_name,
+            # Empty: every method goes to the upstream.
+            "methods": list(group.methods),
+            # The query argument whose absence the route serves, else None.
+            "without_arg": group.without_arg or None,
+            "upstream_variable": None,
+            "fallback_upstream": None,
+            "condition": None,
+        }
+        if group.methods or group.without_arg:
+            fallback = next(
+                (
+                    later_upstream
+                    for later_pattern, _, later_group, later_upstream in candidates[index + 1:]
+                    if later_pattern == pattern and not (later_group.methods or later_group.without_arg)
+                ),
+                main_upstream,
+            )
+            condition_map = _condition_map(upstream, group, fallback)
+            known = condition_maps.get(condition_map["variable"])
+            if known is not None and known["default"] != fallback:
+                condition_map["variable"] += f"_else_{fallback}"
+            condition_maps.setdefault(condition_map["variable"], condition_map)
+            route.update(
+                upstream_variable=condition_map["variable"],
+                fallback_upstream=fallback,
+                condition=_condition_text(group),
+            )
+        routes.append(route)
     used = {u["balance"] for u in upstreams.values()}
     return {
         "upstreams": upstreams,
@@ -770,7 +813,7 @@ def _nginx(main, workers):
         "default_upstream": main_upstream,
         "denied_patterns": list(PROXY_DENIED_PATTERNS),
         # nginx `map` blocks: the hash keys the upstreams use, then the
-        # upstreams of the method-limited routes.
+        # upstreams of the limited routes.
         "maps": [
             {
                 "source": m["source"],
@@ -781,5 +824,5 @@ def _nginx(main, workers):
             for method in sorted(used & set(BALANCE_KEYS))
             for m in BALANCE_KEYS[method]["maps"]
         ]
-        + list(method_maps.values()),
+        + list(condition_maps.values()),
     }

@@ -45,7 +45,7 @@ BALANCE_METHODS = {
     "least_conn": "the instance with the fewest open connections",
     "user": "sticky by the user of the access token (`hash` of the token's localpart)",
     "origin": "sticky by the sending server (`hash` of the X-Matrix origin)",
-    "room": "sticky by the room ID in the request path",
+    "room": "sticky by the room named in the request path (its ID, or the alias a join names)",
 }
 
 # How nginx derives the hash key of each sticky balance method: maps from a
@@ -83,6 +83,16 @@ BALANCE_KEYS = {
             },
         ),
     },
+    # The room of a request: the segment after rooms/, join/ or knock/ (a room
+    # ID, or the alias a join or knock names), else the first segment that
+    # starts with a room ID's sigil "!" (federation paths, room_keys/keys/...).
+    # $uri is decoded, so %21abc%3Aexample.org and !abc:example.org key alike.
+    # seed002 keys its room workers by the room ID found the same way, after
+    # the first "!" or "%21" of $request_uri; its capture runs greedily to the
+    # path's last ":server" (/rooms/!r:x/state/m.room.member/@u:y keys on
+    # "!r:x/state/m.room.member/@u"), and room version 12 IDs, which carry no
+    # ":server" (MSC4291), match it not at all. Ending the ID at its segment
+    # keeps every request for a room on one worker.
     "room": {
         "variable": "$synapse_balance_room",
         "maps": (
@@ -92,6 +102,7 @@ BALANCE_KEYS = {
                 "default": "$uri",
                 "cases": (
                     ("~^/_matrix/client/(?:api/v1|[^/]+)/(?:rooms|join|knock)/(?<room>[^/]+)", "$room"),
+                    ("~^/_matrix/(?:client|federation)/(?:[^/]*/)*?(?<room>![^/]+)", "$room"),
                 ),
             },
         ),
@@ -147,6 +158,15 @@ PROXY_DENIED_PATTERNS = ("^/_synapse/replication/", "^/_synapse/metrics")
 _C = "^/_matrix/client/(api/v1|r0|v3|unstable)"
 _C3 = "^/_matrix/client/(r0|v3|unstable)"
 
+# Sync paths a synchrotron serves and an initial synchrotron takes the initial
+# syncs of (docs/workers.md, "Load balancing"): /sync, and the legacy
+# /initialSync of every room or of one.
+SYNC_PATTERN = "^/_matrix/client/(r0|v3)/sync$"
+INITIAL_SYNC_PATTERNS = (
+    "^/_matrix/client/(api/v1|r0|v3)/initialSync$",
+    "^/_matrix/client/(api/v1|r0|v3)/rooms/[^/]+/initialSync$",
+)
+
 # Endpoints of a stream writer that docs/workers.md also lets any generic
 # worker serve for GET ("can be handled for GET requests"): push rules,
 # account data, tags, presence and GET /_synapse/admin/v2/users/{user}. They
@@ -183,13 +203,22 @@ class EndpointGroup:
 
     ``methods`` limits the group to those HTTP methods (empty: every method),
     for paths where Synapse registers the other methods on the main process
-    only; requests with any other method go to main.
+    only. ``without_arg`` limits it to requests without that query argument
+    (or with it empty, as nginx's ``$arg_<name>`` reads it): an initial
+    ``/sync`` has no ``since``. A request the limit leaves out goes where it
+    would go without the group: to the next running type that lists the same
+    pattern, else to main.
     """
 
     title: str
     patterns: tuple[str, ...]
     balance: str = "least_conn"
     methods: tuple[str, ...] = ()
+    without_arg: str = ""
+
+    def __post_init__(self):
+        if self.methods and self.without_arg:
+            raise ValueError(f"{self.title}: limit a group by methods or by a query argument, not both")
 
 
 @dataclass(frozen=True)
@@ -351,6 +380,81 @@ _TYPES = (
         same_host=True,
     ),
     # --- request handlers ---------------------------------------------------
+    # Room workers (seed002's layout): every request whose path names a room
+    # by its ID, hashed by room, so each worker caches its share of the rooms.
+    # The layout's nginx config sends main its own paths first (account/3pid/,
+    # directory/list/room/, pushrules/, rooms/.../forget and upgrade,
+    # login/sso/redirect, register), then to the room workers every
+    # /_matrix/client/ or /_matrix/federation/ path with a "!" (or "%21")
+    # followed by ":server" anywhere in it, and federation state_ids and
+    # get_missing_events by name; its note puts the stream endpoints first.
+    # They come after the stream writers, whose endpoints (typing, receipts,
+    # read markers, room account data and tags, thread subscriptions) stay
+    # with their writer, and before every type below, whose room-ID paths
+    # they take: the paths of synchrotron, federation_reader, event_creator
+    # and client_reader that carry a room ID, each with the room segment
+    # written as a room ID ("!", the sigil nginx sees after decoding %21).
+    # The room's alias (join/#alias:x) is no room ID: such a request stays
+    # with its own type. Paths Synapse serves on main alone (rooms/.../forget,
+    # upgrade, report, directory/list/room/...) and the admin API are not
+    # here. Each is the shape of the servlet's pattern, as in
+    # synapse/rest/client/room.py, relations.py, room_keys.py and
+    # synapse/federation/transport/server/federation.py.
+    WorkerType(
+        name="room_worker",
+        summary=(
+            "Serves the requests for a room named by its ID that the request types below serve, "
+            "sticky by room (seed002's room workers)."
+        ),
+        resources=("client", "federation"),
+        endpoints=(
+            EndpointGroup(
+                "Requests for a room by its ID",
+                (
+                    f"{_C}/rooms/![^/]+/(joined_members|members|state|messages)$",
+                    f"{_C}/rooms/![^/]+/(context|event)/[^/]+$",
+                    f"{_C}/rooms/![^/]+/redact/[^/]+(/[^/]+)?$",
+                    f"{_C}/rooms/![^/]+/send/[^/]+(/[^/]+)?$",
+                    f"{_C}/rooms/![^/]+/state/[^/]+(/[^/]*)?$",
+                    f"{_C}/rooms/![^/]+/(join|invite|leave|ban|unban|kick)$",
+                    f"{_C}/join/![^/]+(/[^/]+)?$",
+                    f"{_C}/knock/![^/]+$",
+                    "^/_matrix/client/(api/v1|r0|v3)/rooms/![^/]+/initialSync$",
+                    "^/_matrix/client/v1/rooms/![^/]+/(hierarchy|threads|timestamp_to_event)$",
+                    "^/_matrix/client/(v1|unstable)/rooms/![^/]+/relations/[^/]+(/[^/]+(/[^/]+)?)?$",
+                    "^/_matrix/client/(r0|v3|unstable/org.matrix.msc2432)/rooms/![^/]+/aliases$",
+                    "^/_matrix/client/unstable/im.nheko.summary/summary/![^/]+$",
+                    "^/_matrix/client/v1/room_summary/![^/]+$",
+                    f"{_C3}/room_keys/keys/![^/]+(/[^/]+)?$",
+                    "^/_matrix/federation/v1/(state|state_ids|backfill|timestamp_to_event)/![^/]+/?$",
+                    "^/_matrix/federation/v1/(get_missing_events|exchange_third_party_invite|hierarchy)/![^/]+$",
+                    "^/_matrix/federation/v1/(make_join|make_leave|make_knock|send_knock|event_auth)/![^/]+/[^/]+$",
+                    "^/_matrix/federation/(v1|v2)/(send_join|send_leave|invite)/![^/]+/[^/]+$",
+                ),
+                balance="room",
+            ),
+        ),
+    ),
+    # Initial syncs on a pool of their own (docs/workers.md, "Load balancing":
+    # a /sync without `since`, and /initialSync, "can be very resource
+    # intensive"; ESS names the type initial-synchrotron, seed001 runs two).
+    # nginx tells them apart by `since` ($arg_since): a /sync that carries it
+    # goes to the synchrotrons, else to main. Both pools are sticky by user.
+    # /events stays with the synchrotrons, as the docs route it (ESS also
+    # sends one without `from`, and a /sync with full_state=true, here; the
+    # docs and seed001 do not). Simplified sliding sync (MSC4186) is not an
+    # initial sync: a POST whose `pos` argument is missing only on a
+    # connection's first request, whose room lists are windows of the
+    # client's ranges; it stays with the synchrotrons.
+    WorkerType(
+        name="initial_synchrotron",
+        summary="Serves initial syncs (/sync without since, /initialSync), sticky by user.",
+        resources=("client",),
+        endpoints=(
+            EndpointGroup("Initial syncs (/sync without since)", (SYNC_PATTERN,), balance="user", without_arg="since"),
+            EndpointGroup("Legacy initial syncs", INITIAL_SYNC_PATTERNS, balance="user"),
+        ),
+    ),
     WorkerType(
         name="synchrotron",
         summary="Serves /sync, sliding sync and the legacy event stream, sticky by user.",
@@ -359,14 +463,13 @@ _TYPES = (
             EndpointGroup(
                 "Sync requests",
                 (
-                    "^/_matrix/client/(r0|v3)/sync$",
+                    SYNC_PATTERN,
                     # Simplified sliding sync (MSC4186): SlidingSyncRestServlet
                     # of synapse/rest/client/sync.py, registered on every
                     # process with the client resource.
                     "^/_matrix/client/unstable/org.matrix.simplified_msc3575/sync$",
                     "^/_matrix/client/(api/v1|r0|v3)/events$",
-                    "^/_matrix/client/(api/v1|r0|v3)/initialSync$",
-                    "^/_matrix/client/(api/v1|r0|v3)/rooms/[^/]+/initialSync$",
+                    *INITIAL_SYNC_PATTERNS,
                 ),
                 balance="user",
             ),
@@ -581,7 +684,9 @@ _TYPES = (
 
 # Route order: the first type in this tuple whose pattern matches wins. Stream
 # writers come first so their endpoints reach the writer even when a general
-# type (client_reader) also lists them; the catch-alls come last.
+# type (client_reader) also lists them; the pools that take a share of other
+# types' requests (room workers, initial synchrotrons) come before those
+# types; the catch-alls come last.
 ROUTE_PRIORITY = tuple(t.name for t in _TYPES)
 
 WORKER_TYPES: dict[str, WorkerType] = {t.name: t for t in _TYPES}

@@ -115,11 +115,11 @@ _PRESETS = (
             _w("accountdata", "account_data"),
             _w("presence", "presence"),
             _w("receipts", "receipts"),
-            _w("initial_sync", "synchrotron", count=2),
+            _w("initial_sync", "initial_synchrotron", count=2),
             _w("normal_sync", "synchrotron", count=3),
         ),
-        "The guide sends initial syncs (no `since`) to initial_sync and the rest to normal_sync; "
-        "here all five synchrotrons share one upstream, sticky by user.",
+        "As in the guide, initial syncs (a `/sync` without `since`, and `/initialSync` as Synapse's "
+        "docs route it) go to initial_sync and the other syncs to normal_sync, each sticky by user.",
     ),
     Preset(
         "seed002",
@@ -129,12 +129,15 @@ _PRESETS = (
             _w("client_sync", "synchrotron", "account_data", "presence", "receipts", "to_device", "typing", "user_dir"),
             _w("federation_reader", "federation_reader", "federation_inbound"),
             _w("media", "media_repository"),
-            _w("rooms", "client_reader", "event_creator", "federation_reader", count=4),
+            _w("rooms", "room_worker", count=4),
             _w("sender", "federation_sender", count=4),
             _w("tasks", "event_persister", "pusher", "appservice", "background_worker"),
         ),
-        "The guide hashes every room-ID request by room over the four room workers; here event "
-        "sending and pagination are room-sticky and other reads are balanced by least connections.",
+        "As in the guide, every client and federation request with a room ID in its path that a "
+        "worker serves is hashed by room over the four room workers, after the stream writers' "
+        "endpoints; other client requests go to main, other federation requests to federation_reader. "
+        "The room ID ends with its path segment (the guide's capture runs on to the path's last "
+        "`:server`), and a room's account data and tags stay with their writer.",
     ),
 )
 

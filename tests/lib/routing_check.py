@@ -15,14 +15,19 @@ roles/nginx/templates/matrix-synapse.conf.j2 renders from it:
   way nginx's configuration parser unescapes it);
 * otherwise the longest prefix, ``location /``, sends the request to the
   default upstream;
-* a route with an ``upstream_variable`` proxies to whatever the
-  ``$request_method`` map of that name yields (exact strings compared ignoring
-  case, then ``~``/``~*`` regexes in order, then the default).
+* a route with an ``upstream_variable`` proxies to whatever the map of that
+  name yields for the request's method (``$request_method``) or for one of
+  its query arguments (``$arg_<name>``: the raw value of the first argument of
+  that name, compared ignoring case; empty when it is missing): exact strings
+  compared ignoring case, then ``~``/``~*`` regexes in order, then the
+  default.
 
 The upstream's servers are then matched to the processes of the topology by
 their listener's ``upstream_server``. Every server of an upstream counts: the
 balancing hash only picks one of them, and ``proxy_next_upstream`` may try
-the others.
+the others. What the hash is computed from is read the same way
+(``hash_key``): the upstream's ``hash`` variable, through the maps that
+define it, for the request.
 
 Not emulated: the server-level ``if`` that refuses the admin API (403) to
 clients outside nginx_admin_api_allowed_clients (it depends on the client's
@@ -30,7 +35,10 @@ address), ``nginx_server_extra_config``, the plain-HTTP redirect server, and
 nginx's handling of malformed URIs (a ".." above the root is an error here).
 
 ``check`` judges a table of ``Sample`` requests against a topology and returns
-one ``Finding`` per sample that goes astray. The policy itself is
+one ``Finding`` per sample that goes astray: to a process that cannot serve
+it, to main while a worker may, past the pool that takes it over (initial
+syncs, room workers), or to a room-sticky upstream that hashes it by
+something other than its room. The policy for where a request landed is
 ``judge_answered`` (nginx answered a request itself) and ``judge_reached``
 (nginx forwarded it to these processes); lib/routing_log.py applies the same
 two to what nginx's access log shows of real requests.
@@ -70,6 +78,11 @@ REFUSED = "refused"
 FORWARDED = "forwarded"
 # The location proxies to an upstream or server the topology does not define.
 BROKEN = "broken"
+# A pool that takes the request over from its other types runs, but the
+# request reaches one of those types instead.
+PASSED_OVER = "passed-over"
+# The upstream is sticky by room but hashes the request by something else.
+NOT_STICKY = "not-sticky"
 
 
 # The name processes() gives the main process (Synapse's worker names exclude it).
@@ -82,7 +95,10 @@ class Sample:
 
     ``types`` are the worker types that may serve it (empty for main-only
     requests), ``main`` one of MAIN_POLICIES, ``doc`` where docs/workers.md
-    says so.
+    says so. ``prefer`` lists, in order, pools among ``types`` that take the
+    request over from the others while one of them runs (initial syncs, room
+    workers); ``room`` is the room the request names (its ID, or an alias),
+    which an upstream sticky by room must hash it by.
     """
 
     method: str
@@ -90,6 +106,8 @@ class Sample:
     types: frozenset
     main: str
     doc: str
+    prefer: tuple = ()
+    room: str | None = None
 
     def __post_init__(self):
         if self.main not in MAIN_POLICIES:
@@ -98,6 +116,8 @@ class Sample:
             raise ValueError(
                 f"{self.method} {self.path}: types {sorted(self.types)} contradict {self.main!r}"
             )
+        if not set(self.prefer) <= self.types:
+            raise ValueError(f"{self.method} {self.path}: prefers {list(self.prefer)} outside its types")
 
     def __str__(self):
         return f"{self.method} {self.path}"
@@ -217,8 +237,8 @@ def _regex_location(pattern):
     return _pcre(nginx_unquote(pattern))
 
 
-def map_value(chooser, value):
-    """What an nginx `map` yields for a source value (as the template renders the map)."""
+def _map_case(chooser, value):
+    """The value an nginx `map` picks for a source value, and the regex's named captures."""
     regexes = []
     for case in chooser["cases"]:
         pattern = nginx_unquote(case["pattern"])
@@ -227,11 +247,70 @@ def map_value(chooser, value):
         elif pattern.startswith("~"):
             regexes.append((_pcre(pattern[1:]), case["value"]))
         elif pattern.lower() == value.lower():
-            return case["value"]
+            return case["value"], {}
     for regex, result in regexes:
-        if regex.search(value):
-            return result
-    return chooser["default"]
+        match = regex.search(value)
+        if match:
+            return result, match.groupdict()
+    return chooser["default"], {}
+
+
+def map_value(chooser, value):
+    """What an nginx `map` yields for a source value (as the template renders the map)."""
+    return _map_case(chooser, value)[0]
+
+
+def query_argument(target, name):
+    """nginx's $arg_<name>: the raw value of the first argument so named (ignoring case), else ""."""
+    query = target.split("#", 1)[0].partition("?")[2]
+    for argument in query.split("&"):
+        key, equals, value = argument.partition("=")
+        if equals and key.lower() == name.lower():
+            return value
+    return ""
+
+
+def evaluate(nginx, variable, method, target, headers=None):
+    """The value of an nginx variable for a request: a map of the site, or one of nginx's own.
+
+    nginx's own are $uri, $request_method, $arg_<name>, $http_<name> (from
+    ``headers``, empty when absent) and $remote_addr (the loopback address).
+    A map's value may name a capture of its regex or another variable.
+    """
+    headers = {k.lower().replace("-", "_"): v for k, v in (headers or {}).items()}
+    choosers = [m for m in nginx["maps"] if m["variable"] == variable]
+    if len(choosers) > 1:
+        raise ValueError(f"{variable} is defined by {len(choosers)} maps")
+    if choosers:
+        chooser = choosers[0]
+        source = evaluate(nginx, chooser["source"], method, target, headers)
+        result, captures = _map_case(chooser, source)
+
+        def substitute(match):
+            name = match.group(1)
+            if name in captures:
+                return captures[name] or ""
+            return evaluate(nginx, f"${name}", method, target, headers)
+
+        return re.sub(r"\$(\w+)", substitute, result)
+    if not variable.startswith("$"):
+        return variable
+    name = variable[1:]
+    if name == "uri":
+        return normalise_uri(target)
+    if name == "request_method":
+        return method
+    if name == "remote_addr":
+        return "127.0.0.1"
+    if name.startswith("arg_"):
+        return query_argument(target, name[4:])
+    if name.startswith("http_"):
+        return headers.get(name[5:], "")
+    raise ValueError(f"no map defines {variable}, and it is no variable the checker knows")
+
+
+def _chooser_source_known(source):
+    return source == "$request_method" or source.startswith("$arg_")
 
 
 def resolve(nginx, method, target, exact_locations=(), closed_prefixes=()):
@@ -253,10 +332,18 @@ def resolve(nginx, method, target, exact_locations=(), closed_prefixes=()):
         if not route.get("upstream_variable"):
             return Resolution(location, upstream=route["upstream"])
         choosers = [m for m in nginx["maps"] if m["variable"] == route["upstream_variable"]]
-        if len(choosers) != 1 or choosers[0]["source"] != "$request_method":
-            return Resolution(location, answers=f"no $request_method map {route['upstream_variable']}")
-        return Resolution(location, upstream=map_value(choosers[0], method))
+        if len(choosers) != 1 or not _chooser_source_known(choosers[0]["source"]):
+            return Resolution(location, answers=f"no request map {route['upstream_variable']}")
+        return Resolution(location, upstream=evaluate(nginx, route["upstream_variable"], method, target))
     return Resolution("/", upstream=nginx["default_upstream"])
+
+
+def hash_key(nginx, upstream, method, target, headers=None):
+    """What a sticky upstream hashes a request by (None for an upstream without a hash)."""
+    variable = nginx["upstreams"][upstream].get("hash_key")
+    if not variable:
+        return None
+    return evaluate(nginx, variable, method, target, headers)
 
 
 # --- the processes behind the upstreams ----------------------------------------
@@ -294,6 +381,11 @@ def judge_reached(sample, running, reached):
     if wrong:
         names = ", ".join(p.name for p in wrong)
         return MISROUTED, f"{names} has none of the types that serve it"
+    pool = next((t for t in sample.prefer if t in running), None)
+    passed = [p for p in reached if not p.is_main and pool is not None and pool not in p.types]
+    if passed:
+        names = ", ".join(p.name for p in passed)
+        return PASSED_OVER, f"{names} serves it although {pool} runs"
     if not any(p.is_main for p in reached):
         return None
     able = sorted(sample.types & running)
@@ -335,4 +427,18 @@ def check(topology, samples, exact_locations=(), closed_prefixes=()):
         verdict = judge_reached(sample, running, reached)
         if verdict:
             finding(*verdict, resolution.upstream, reached)
+            continue
+        if upstream.get("balance") == "room" and sample.room is not None:
+            try:
+                key = hash_key(nginx, resolution.upstream, sample.method, sample.path)
+            except ValueError as error:
+                finding(BROKEN, f"its hash key cannot be computed: {error}", resolution.upstream, reached)
+                continue
+            if key != sample.room:
+                finding(
+                    NOT_STICKY,
+                    f"sticky by room, but hashed by {key!r}, not by {sample.room!r}",
+                    resolution.upstream,
+                    reached,
+                )
     return findings

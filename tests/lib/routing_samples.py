@@ -21,8 +21,23 @@ where the docs say so):
   as good as a worker) and the admin API's user read (main writes it), MAIN_ONLY for requests the docs list for no worker,
   NEVER_FORWARDED for what must not leave nginx.
 
+Two pools take requests over from those types while they run (``prefer``):
+
+* initial syncs, a ``/sync`` without ``since`` and ``/initialSync``, which the
+  docs' "Load balancing" section suggests separating out (ESS's
+  initial-synchrotron, seed001's initial_sync workers);
+* room workers (seed002): after main's own paths and the stream writers'
+  endpoints, every client or federation request whose path names a room by its
+  ID, of the synchrotron, federation_reader, event_creator and client_reader
+  groups, goes to them. Which samples those are follows from the path alone
+  (``_room_workers``), not from the catalogue's regexes.
+
+Each sample names the room it is about (``room``: the room ID, or the alias of
+a join), read from the constants its path is built from; an upstream sticky by
+room must hash the request by it.
+
 The paths are real requests (room, event and user IDs, query strings,
-percent-encoded aliases), not the regexes. The docs leave out some endpoints
+percent-encoded aliases and room IDs, a room version 12 ID), not the regexes. The docs leave out some endpoints
 Synapse serves on workers (simplified sliding sync, GET delayed_events/{id},
 the MAS API, thread subscriptions); the catalogue routes those from Synapse's
 code and tests/unit/plugins/filter/test_routing_gaps.py covers them, so they
@@ -31,6 +46,8 @@ are not sampled here.
 
 from __future__ import annotations
 
+from urllib.parse import unquote
+
 from lib.routing_check import (
     MAIN_ALSO,
     MAIN_FALLBACK,
@@ -38,9 +55,13 @@ from lib.routing_check import (
     MAIN_UNTIL_DEPLOYED,
     NEVER_FORWARDED,
     Sample,
+    normalise_uri,
 )
 
 ROOM = "!abc123:example.org"
+ROOM_ENCODED = "%21abc123%3Aexample.org"  # ROOM, percent-encoded as some clients send it
+# A room version 12 ID: no server name (MSC4291).
+ROOM_V12 = "!31hneApxJ_1o-63DmFrpeqnkFfWppnzWso1JvH3ogLM"
 ALIAS = "%23lobby:example.org"  # #lobby:example.org, percent-encoded as clients send it
 EVENT = "$Rqnc-F-dvnEYJTyHq_iKxU2bZ1CI92-kuZq3a5lr5Zg"
 USER = "@alice:example.org"
@@ -86,9 +107,44 @@ UNLISTED = "listed for no worker"
 REPLICATION = '"Shared configuration": the replication listener must never be exposed'
 
 
-def _rows(main, types, doc, *requests):
+# The docs' groups whose room-ID requests seed002's room workers take.
+ROOM_WORKER_GROUPS = frozenset({"synchrotron", "federation_reader", "event_creator", "client_reader"})
+INITIAL_SYNC = (
+    '"Load balancing": requests without a `since` (and /initialSync) are "initial sync", '
+    '"very resource intensive"'
+)
+
+
+def _room(path):
+    """The room a request path names: one of the constants it is built from."""
+    uri = normalise_uri(path)
+    for room in (ROOM, ROOM_V12, unquote(ALIAS)):
+        if f"/{room}/" in f"{uri}/":
+            return room
+    return None
+
+
+def _room_workers(types, path, prefer):
+    """Types and pools of a sample once room workers may take it (seed002's rule)."""
+    room = _room(path)
+    uri = normalise_uri(path)
+    if (
+        room is not None
+        and room.startswith("!")
+        and uri.startswith(("/_matrix/client/", "/_matrix/federation/"))
+        and types & ROOM_WORKER_GROUPS
+    ):
+        return types | {"room_worker"}, ("room_worker", *prefer)
+    return types, prefer
+
+
+def _rows(main, types, doc, *requests, prefer=()):
     """Samples of one docs group: ``types`` space-separated, requests (method, path)."""
-    return [Sample(method, path, frozenset(types.split()), main, doc) for method, path in requests]
+    samples = []
+    for method, path in requests:
+        row_types, row_prefer = _room_workers(frozenset(types.split()), path, tuple(prefer))
+        samples.append(Sample(method, path, row_types, main, doc, row_prefer, _room(path)))
+    return samples
 
 
 def _doc(group, regex):
@@ -102,27 +158,41 @@ SAMPLES = [
         "synchrotron",
         _doc(SYNC, "^/_matrix/client/(r0|v3)/sync$"),
         ("GET", f"{C}/sync?since=s72594_4483_1934&timeout=30000"),
+        ("GET", f"{C}/sync?timeout=30000&since=s72594_4483_1934&full_state=true"),
+    ),
+    # Initial syncs: no `since`, or `since` empty (nginx's $arg_since is then
+    # empty too).
+    *_rows(
+        MAIN_FALLBACK,
+        "synchrotron initial_synchrotron",
+        _doc(SYNC, "^/_matrix/client/(r0|v3)/sync$") + "; " + INITIAL_SYNC,
         ("GET", "/_matrix/client/r0/sync?filter=0"),
         # nginx merges the slashes before it matches a location.
         ("GET", "/_matrix/client/v3//sync"),
+        ("GET", f"{C}/sync?timeout=0&set_presence=offline&since="),
+        prefer=("initial_synchrotron",),
     ),
     *_rows(
         MAIN_FALLBACK,
         "synchrotron",
         _doc(SYNC, "^/_matrix/client/(api/v1|r0|v3)/events$"),
         ("GET", f"{C}/events?from=s72594_4483_1934&timeout=30000"),
+        ("GET", f"{C}/events?timeout=0"),
     ),
     *_rows(
         MAIN_FALLBACK,
-        "synchrotron",
-        _doc(SYNC, "^/_matrix/client/(api/v1|r0|v3)/initialSync$"),
+        "synchrotron initial_synchrotron",
+        _doc(SYNC, "^/_matrix/client/(api/v1|r0|v3)/initialSync$") + "; " + INITIAL_SYNC,
         ("GET", f"{C}/initialSync?limit=10"),
+        prefer=("initial_synchrotron",),
     ),
     *_rows(
         MAIN_FALLBACK,
-        "synchrotron",
-        _doc(SYNC, "^/_matrix/client/(api/v1|r0|v3)/rooms/[^/]+/initialSync$"),
+        "synchrotron initial_synchrotron",
+        _doc(SYNC, "^/_matrix/client/(api/v1|r0|v3)/rooms/[^/]+/initialSync$") + "; " + INITIAL_SYNC,
         ("GET", f"{C}/rooms/{ROOM}/initialSync"),
+        ("GET", f"/_matrix/client/r0/rooms/{ALIAS}/initialSync"),
+        prefer=("initial_synchrotron",),
     ),
     # --- federation_reader --------------------------------------------------------
     *_rows(
@@ -133,7 +203,9 @@ SAMPLES = [
         ("GET", f"{F}/event/{EVENT}"),
         ("GET", f"{F}/state/{ROOM}?event_id={EVENT}"),
         ("GET", f"{F}/state_ids/{ROOM}?event_id={EVENT}"),
+        ("GET", f"{F}/state_ids/{ROOM_ENCODED}?event_id=%24other"),
         ("GET", f"{F}/backfill/{ROOM}?v={EVENT}&limit=10"),
+        ("GET", f"{F}/backfill/{ROOM_V12}?v={EVENT}&limit=10"),
         ("POST", f"{F}/get_missing_events/{ROOM}"),
         ("GET", f"{F}/publicRooms?limit=10"),
         ("POST", f"{F}/publicRooms"),
@@ -164,6 +236,7 @@ SAMPLES = [
         ("GET", f"{C}/rooms/{ROOM}/joined_members"),
         ("GET", f"{C}/rooms/{ROOM}/context/{EVENT}?limit=10"),
         ("GET", f"{C}/rooms/{ROOM}/members?membership=join"),
+        ("GET", f"{C}/rooms/{ROOM_V12}/members"),
         ("GET", f"{C}/rooms/{ROOM}/state"),
         ("GET", f"/_matrix/client/v1/rooms/{ROOM}/hierarchy"),
         ("GET", f"/_matrix/client/v1/rooms/{ROOM}/relations/{EVENT}/m.thread"),
@@ -195,6 +268,7 @@ SAMPLES = [
         ("GET", f"{C}/keys/changes?from=s1&to=s2"),
         ("POST", f"{C}/keys/claim"),
         ("GET", f"{C}/room_keys/version"),
+        ("GET", f"{C}/room_keys/keys/{ROOM}?version=1"),
         ("PUT", f"{C}/room_keys/keys?version=1"),
     ),
     *_rows(
@@ -208,7 +282,13 @@ SAMPLES = [
         ("GET", "/_matrix/client/v1/register/m.login.registration_token/validity?token=abcd"),
         ("GET", f"{C}/password_policy"),
     ),
-    *_rows(MAIN_FALLBACK, "client_reader", PAGINATION, ("GET", f"{C}/rooms/{ROOM}/messages?dir=b&limit=20")),
+    *_rows(
+        MAIN_FALLBACK,
+        "client_reader",
+        PAGINATION,
+        ("GET", f"{C}/rooms/{ROOM}/messages?dir=b&limit=20"),
+        ("GET", f"{C}/rooms/{ROOM_ENCODED}/messages?dir=f"),
+    ),
     *_rows(
         MAIN_FALLBACK,
         "client_reader",
@@ -235,6 +315,8 @@ SAMPLES = [
         "event_creator",
         SENDING,
         ("PUT", f"{C}/rooms/{ROOM}/send/m.room.message/m1700000000000.0"),
+        ("PUT", f"{C}/rooms/{ROOM_ENCODED}/send/m.room.message/m1700000000000.3"),
+        ("PUT", f"{C}/rooms/{ROOM_V12}/send/m.room.message/m1700000000000.4"),
         ("PUT", f"{C}/rooms/{ROOM}/redact/{EVENT}/m1700000000000.1"),
         ("PUT", f"{C}/rooms/{ROOM}/state/m.room.name"),
         ("PUT", f"{C}/rooms/{ROOM}/state/m.room.member/{USER}"),
@@ -244,6 +326,7 @@ SAMPLES = [
         ("POST", f"{C}/rooms/{ROOM}/leave"),
         ("POST", f"{C}/rooms/{ROOM}/kick"),
         ("POST", f"{C}/join/{ALIAS}?server_name=example.org"),
+        ("POST", f"{C}/join/{ROOM_ENCODED}?server_name=example.org"),
         ("POST", f"{C}/knock/{ROOM}"),
         ("GET", f"{C}/profile/{USER}"),
         ("PUT", f"{C}/profile/{USER}/displayname"),

@@ -44,9 +44,12 @@ CHECK_TEMPLATE = ROLE / "templates" / "polylith-nginx-check.sh.j2"
 init_plugin_loader()
 
 # The worker list of /tmp/topology_example.json: shared sync and federation
-# inbound workers (sticky hashes), one stream writer, media, a sender.
+# inbound workers (sticky hashes), one stream writer, media, a sender; and
+# the pools: initial syncs (a map on $arg_since) and room workers.
 WORKERS = [
     {"name": "sync", "types": ["synchrotron"], "count": 2},
+    {"name": "initial_sync", "types": ["initial_synchrotron"]},
+    {"name": "rooms", "types": ["room_worker"], "count": 2},
     {
         "name": "stream_writer",
         "types": ["typing", "to_device", "account_data", "receipts", "presence", "push_rules"],
@@ -171,8 +174,11 @@ def test_layouts_are_what_they_claim():
     for nginx in (single, multi):
         assert {u["balance"] for u in nginx["upstreams"].values()} >= {"user", "least_conn"}
         assert nginx["maps"] and nginx["routes"] and nginx["denied_patterns"]
-    # The single-host layout renders a method-limited route (and its map).
-    assert any(route["upstream_variable"] for route in single["routes"])
+    # The single-host layout renders a method-limited route and one limited
+    # to requests without `since` (and their maps).
+    assert any(route["upstream_variable"] and route["methods"] for route in single["routes"])
+    assert any(route["upstream_variable"] and route["without_arg"] for route in single["routes"])
+    assert {m["source"] for m in single["maps"]} >= {"$request_method", "$arg_since"}
 
 
 def test_header_is_ansible_managed(layout):
@@ -247,10 +253,14 @@ def test_routes_follow_the_denied_patterns_in_order(layout):
             assert "return 404;" in inner and "proxy_pass" not in inner
         assert [pattern for pattern, _ in routes] == [route["pattern"] for route in nginx["routes"]]
         for (_, inner), route in zip(routes, nginx["routes"]):
-            if route["methods"]:
-                # Method-limited: the location proxies to its map's choice.
+            if route["upstream_variable"]:
+                # Limited (methods, a missing query argument): the location
+                # proxies to its map's choice.
                 assert f"set $synapse_upstream {route['upstream_variable']};" in inner
                 assert "proxy_pass http://$synapse_upstream;" in inner
+                assert (
+                    f"# {route['condition']}: {route['upstream']}; other requests: {route['fallback_upstream']}."
+                ) in inner
             else:
                 assert f"set $synapse_upstream {route['upstream']};" in inner
                 assert f"proxy_pass http://{route['upstream']};" in inner

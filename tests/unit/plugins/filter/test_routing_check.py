@@ -41,16 +41,30 @@ from lib.routing_check import (
     MISROUTED,
     MISSED_WORKER,
     NEVER_FORWARDED,
+    NOT_STICKY,
+    PASSED_OVER,
     REFUSED,
     Sample,
     check,
+    hash_key,
     map_value,
     nginx_unquote,
     normalise_uri,
     processes,
+    query_argument,
     resolve,
 )
-from lib.routing_samples import CHOSEN_SEGMENT_SAMPLES, DELAYED, SAMPLES
+from lib.routing_samples import (
+    CHOSEN_SEGMENT_SAMPLES,
+    DELAYED,
+    EVENT,
+    ROOM,
+    ROOM_ENCODED,
+    ROOM_V12,
+    SAMPLES,
+    C,
+    F,
+)
 
 LAYOUTS = {
     "unix": {"main_host": "app1", "hosts": {"app1": "127.0.0.1"}},
@@ -309,10 +323,11 @@ def test_a_missing_sync_route_is_caught():
     topo = _broken()
     topo["nginx"]["routes"] = [r for r in topo["nginx"]["routes"] if r["worker_type"] != "synchrotron"]
     findings = check(topo, SAMPLES)
-    assert {(f.kind, f.upstream) for f in findings if f.sample.types == {"synchrotron"}} == {
+    # Every sync sample, initial syncs included (no initial synchrotron runs).
+    assert {(f.kind, f.upstream) for f in findings if "synchrotron" in f.sample.types} == {
         (MISSED_WORKER, "synapse_main")
     }
-    assert len([f for f in findings if f.sample.types == {"synchrotron"}]) == 6
+    assert len([f for f in findings if "synchrotron" in f.sample.types]) == 10
     assert "main serves it although synchrotron runs" in str(next(f for f in findings if f.sample == SYNC))
 
 
@@ -374,6 +389,185 @@ def test_a_greedy_route_in_front_is_caught():
     assert typing and not [f for f in findings if f.sample in typing]
 
 
+# --- the pools: initial syncs and room workers ---------------------------------------------
+
+# One worker of every type, the pools included.
+EVERY_TYPE = [{"name": name, "types": [name]} for name in WORKER_TYPES]
+SLIDING_SYNC = "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync"
+ALICE = {"Authorization": "Bearer syt_YWxpY2U_abcdefghij_0123"}
+
+
+def names_behind(topo, upstream):
+    """The processes an upstream's servers are, by name."""
+    known = processes(topo)
+    return [known[server].name for server in topo["nginx"]["upstreams"][upstream]["servers"]]
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_requests_reach_their_pool_hashed_by_their_room(name):
+    findings = of_kind(check(preset(name), SAMPLES + CHOSEN_SEGMENT_SAMPLES), PASSED_OVER, NOT_STICKY)
+    assert findings == [], report(findings)
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_every_type_at_once_sends_every_request_where_it_belongs(layout):
+    topo = build_topology(EVERY_TYPE, **LAYOUTS[layout])
+    assert {"initial_synchrotron", "room_worker"} <= {t for w in topo["workers"] for t in w["types"]}
+    findings = check(topo, SAMPLES + CHOSEN_SEGMENT_SAMPLES)
+    assert findings == [], report(findings)
+
+
+@pytest.mark.parametrize(
+    "target, since",
+    [
+        ("/_matrix/client/v3/sync", ""),
+        ("/_matrix/client/v3/sync?since=s1", "s1"),
+        ("/_matrix/client/v3/sync?timeout=0&since=s1_2&since=s3", "s1_2"),
+        ("/_matrix/client/v3/sync?SINCE=s1", "s1"),
+        ("/_matrix/client/v3/sync?since=", ""),
+        ("/_matrix/client/v3/sync?since", ""),
+        ("/_matrix/client/v3/sync?presince=s1", ""),
+        ("/_matrix/client/v3/sync?since=s%5F1", "s%5F1"),
+    ],
+)
+def test_query_arguments_are_read_the_way_nginx_reads_them(target, since):
+    assert query_argument(target, "since") == since
+
+
+def test_seed001_sends_initial_syncs_to_a_pool_of_their_own():
+    topo = preset("seed001")
+    nginx = topo["nginx"]
+    initial = [
+        ("GET", "/_matrix/client/v3/sync"),
+        ("GET", "/_matrix/client/r0/sync?filter=0&timeout=0"),
+        ("GET", "/_matrix/client/v3/sync?timeout=0&since="),
+        ("GET", "/_matrix/client/v3/initialSync?limit=10"),
+        ("GET", f"{C}/rooms/{ROOM}/initialSync"),
+    ]
+    other = [
+        ("GET", "/_matrix/client/v3/sync?since=s72594_4483_1934"),
+        ("GET", "/_matrix/client/v3/sync?timeout=30000&since=s72594_4483_1934&full_state=true"),
+        ("GET", "/_matrix/client/v3/events?from=s72594_4483_1934"),
+        ("POST", SLIDING_SYNC),
+        ("POST", f"{SLIDING_SYNC}?pos=7"),
+    ]
+    for requests, upstream, names in (
+        (initial, "synapse_initial_synchrotron", ["initial_sync1", "initial_sync2"]),
+        (other, "synapse_synchrotron", ["normal_sync1", "normal_sync2", "normal_sync3"]),
+    ):
+        for method, target in requests:
+            assert resolve(nginx, method, target).upstream == upstream, target
+            # Both pools sticky by the user of the access token.
+            assert hash_key(nginx, upstream, method, target, ALICE) == "YWxpY2U"
+        assert names_behind(topo, upstream) == names
+
+
+def test_seed002_hashes_every_request_for_a_room_over_the_room_workers():
+    topo = preset("seed002")
+    nginx = topo["nginx"]
+    rooms = [s for s in SAMPLES + CHOSEN_SEGMENT_SAMPLES if "room_worker" in s.types]
+    assert len(rooms) >= 40
+    assert {s.path.split("/")[2] for s in rooms} == {"client", "federation"}
+    for sample in rooms:
+        upstream = resolve(nginx, sample.method, sample.path).upstream
+        assert upstream == "synapse_room_worker", sample
+        assert hash_key(nginx, upstream, sample.method, sample.path) == sample.room, sample
+    assert names_behind(topo, "synapse_room_worker") == ["rooms1", "rooms2", "rooms3", "rooms4"]
+    # One room, however its ID is spelled.
+    spellings = [ROOM, ROOM_ENCODED, "%21abc123:example.org", "!abc123%3Aexample.org"]
+    keys = {
+        hash_key(nginx, "synapse_room_worker", "GET", f"{prefix}/{spelled}{suffix}")
+        for spelled in spellings
+        for prefix, suffix in ((f"{C}/rooms", "/messages"), (f"{F}/state_ids", ""), (f"{C}/room_keys/keys", "/s1"))
+    }
+    assert keys == {ROOM}
+    assert hash_key(nginx, "synapse_room_worker", "GET", f"{F}/backfill/{ROOM_V12}") == ROOM_V12
+    # Requests without a room ID: client ones to main, federation ones to the federation reader.
+    for method, target, upstream in [
+        ("POST", f"{C}/createRoom", "synapse_main"),
+        ("POST", f"{C}/join/%23lobby:example.org", "synapse_main"),
+        ("GET", f"{C}/profile/@alice:example.org", "synapse_main"),
+        ("GET", f"{F}/event/{EVENT}", "synapse_federation_reader"),
+        ("GET", "/_matrix/key/v2/query", "synapse_federation_reader"),
+        ("PUT", f"{F}/send/1700000000000", "synapse_federation_inbound"),
+        ("GET", "/_matrix/client/v3/sync", "synapse_synchrotron"),
+        # A room's stream endpoints stay with their writer, client_sync.
+        ("PUT", f"{C}/rooms/{ROOM}/typing/@alice:example.org", "synapse_typing"),
+        ("PUT", f"{C}/user/@alice:example.org/rooms/{ROOM}/tags/m.favourite", "synapse_account_data"),
+        ("POST", f"{C}/rooms/{ROOM}/read_markers", "synapse_receipts"),
+    ]:
+        assert resolve(nginx, method, target).upstream == upstream, target
+    assert names_behind(topo, "synapse_typing") == ["client_sync"]
+
+
+def test_a_since_map_sending_every_sync_to_the_initial_pool_is_caught():
+    topo = _broken("seed001")
+    for chooser in topo["nginx"]["maps"]:
+        if chooser["source"] == "$arg_since":
+            chooser["default"] = "synapse_initial_synchrotron"
+    findings = check(topo, SAMPLES)
+    incremental = [s for s in SAMPLES if s.path.startswith(f"{C}/sync?") and query_argument(s.path, "since")]
+    assert len(incremental) == 2
+    assert sorted((str(f.sample), f.kind) for f in findings) == sorted((str(s), MISROUTED) for s in incremental)
+    assert "initial_sync1, initial_sync2 has none of the types" in str(findings[0])
+
+
+def test_a_since_map_that_lost_its_case_is_caught():
+    topo = _broken("seed001")
+    for chooser in topo["nginx"]["maps"]:
+        if chooser["source"] == "$arg_since":
+            chooser["cases"] = []
+    findings = check(topo, SAMPLES)
+    assert {f.kind for f in findings} == {PASSED_OVER}
+    assert sorted(str(f.sample) for f in findings) == [
+        "GET /_matrix/client/r0/sync?filter=0",
+        "GET /_matrix/client/v3//sync",
+        "GET /_matrix/client/v3/sync?timeout=0&set_presence=offline&since=",
+    ]
+    assert "normal_sync1, normal_sync2, normal_sync3 serves it although initial_synchrotron runs" in str(findings[0])
+
+
+def test_a_room_key_that_misses_the_room_is_caught():
+    topo = _broken("seed002")
+    # Only the segment after rooms/, join/ or knock/ keys: federation paths,
+    # room_keys and room summaries are hashed by their whole path.
+    for chooser in topo["nginx"]["maps"]:
+        if chooser["variable"] == "$synapse_balance_room":
+            chooser["cases"] = chooser["cases"][:1]
+    findings = check(topo, SAMPLES)
+    assert {f.kind for f in findings} == {NOT_STICKY}
+    keyed_still = re.compile(r"^/_matrix/client/[^/]+/(rooms|join|knock)/")
+    missed = [s for s in SAMPLES if "room_worker" in s.types and not keyed_still.match(normalise_uri(s.path))]
+    assert sorted(str(f.sample) for f in findings) == sorted(str(s) for s in missed)
+    paths = {f.sample.path.split("?")[0] for f in findings}
+    assert f"{F}/state_ids/{ROOM}" in paths and f"{F}/backfill/{ROOM_V12}" in paths
+    assert f"{C}/room_keys/keys/{ROOM}" in paths and f"/_matrix/client/v1/room_summary/{ROOM}" in paths
+    assert "hashed by '/_matrix/federation/v1/state_ids/!abc123:example.org'" in str(
+        next(f for f in findings if f.sample.path.startswith(f"{F}/state_ids/{ROOM}"))
+    )
+
+
+def test_room_workers_that_lost_their_routes_are_caught():
+    topo = _broken("seed002")
+    topo["nginx"]["routes"] = [r for r in topo["nginx"]["routes"] if r["worker_type"] != "room_worker"]
+    findings = check(topo, SAMPLES)
+    rooms = [s for s in SAMPLES if "room_worker" in s.types]
+    assert sorted(str(f.sample) for f in findings) == sorted(str(s) for s in rooms)
+    # Client requests fall to main, federation ones to the federation
+    # reader, a room's initialSync to the synchrotron.
+    assert {(f.kind, f.upstream) for f in findings} == {
+        (MISSED_WORKER, "synapse_main"),
+        (PASSED_OVER, "synapse_federation_reader"),
+        (PASSED_OVER, "synapse_synchrotron"),
+    }
+    # With every type running, they reach the types the room workers take them from.
+    topo = build_topology(EVERY_TYPE, **LAYOUTS["unix"])
+    topo["nginx"]["routes"] = [r for r in topo["nginx"]["routes"] if r["worker_type"] != "room_worker"]
+    findings = check(topo, SAMPLES)
+    assert {f.kind for f in findings} == {PASSED_OVER}
+    assert len(findings) == len(rooms)
+
+
 # --- nginx itself agrees --------------------------------------------------------------------
 
 WELL_KNOWN = ("/.well-known/matrix/server", "/.well-known/matrix/client")
@@ -381,6 +575,16 @@ WELL_KNOWN = ("/.well-known/matrix/server", "/.well-known/matrix/client")
 
 def _through_nginx(tmp_path, topo, requests, **overrides):
     """Serve the rendered site with nginx on loopback: the ($uri, upstream) it logs for each request."""
+    return [(uri, upstream) for uri, upstream, _ in _nginx_log(tmp_path, topo, requests, **overrides)]
+
+
+def _nginx_log(tmp_path, topo, requests, **overrides):
+    """Serve the rendered site with nginx on loopback: ($uri, upstream, first server tried) of each request.
+
+    A request is (method, target) or (method, target, headers). No Synapse
+    listens, so nginx tries the upstream's servers in turn: the first one
+    it logged is the one the balancing picked.
+    """
     from test_routing_gaps import _free_port, _nginx_template_tests
 
     site_tests = _nginx_template_tests()
@@ -419,7 +623,8 @@ def _through_nginx(tmp_path, topo, requests, **overrides):
                 assert time.monotonic() < deadline, "nginx did not start listening"
                 time.sleep(0.1)
         connection = None
-        for method, path in requests:
+        for method, path, *extra in requests:
+            headers = {"Host": "matrix.example.org", **(extra[0] if extra else {})}
             for attempt in range(2):
                 if connection is None:
                     connection = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=10)
@@ -428,7 +633,7 @@ def _through_nginx(tmp_path, topo, requests, **overrides):
                         method,
                         path,
                         body=b"{}" if method in ("POST", "PUT") else None,
-                        headers={"Host": "matrix.example.org"},
+                        headers=headers,
                     )
                     response = connection.getresponse()
                     response.read()
@@ -447,10 +652,11 @@ def _through_nginx(tmp_path, topo, requests, **overrides):
         process.terminate()
         process.wait(timeout=10)
     logged = re.findall(
-        r'"(\S+) (\S+) HTTP/[\d.]+" .*? upstream=(\S+) ', (tmp_path / "matrix-synapse.access.log").read_text()
+        r'"(\S+) (\S+) HTTP/[\d.]+" .*? upstream=(\S+) upstream_addr=([^ ,]+)',
+        (tmp_path / "matrix-synapse.access.log").read_text(),
     )
-    assert [m for m, _, _ in logged] == [m for m, _ in requests]
-    return [(uri, upstream) for _, uri, upstream in logged]
+    assert [m for m, _, _, _ in logged] == [m for m, *_ in requests]
+    return [(uri, upstream, address) for _, uri, upstream, address in logged]
 
 
 def _expected_log(nginx, requests, **options):
@@ -484,3 +690,69 @@ def test_nginx_closes_the_admin_api_where_the_checker_does(tmp_path):
     logged = _through_nginx(tmp_path, topo, requests)
     assert logged == _expected_log(topo["nginx"], requests, closed_prefixes=(ADMIN_PREFIX,))
     assert sum(upstream == "denied" for _, upstream in logged) > 10
+
+
+def test_nginx_sends_initial_syncs_to_their_pool_sticky_by_user(tmp_path):
+    topo = preset("seed001")
+    users = [{"Authorization": f"Bearer syt_dXNlcn{i}_abcdefghij_0123"} for i in range(8)]
+    initial = ["/_matrix/client/v3/sync", "/_matrix/client/v3/sync?timeout=0&since=", "/_matrix/client/v3/initialSync"]
+    other = ["/_matrix/client/v3/sync?since=s1&timeout=0", "/_matrix/client/v3/sync?timeout=30000&since=s2"]
+    requests = [("GET", target, ALICE) for target in initial + other] + [("POST", SLIDING_SYNC, ALICE)]
+    requests += [("GET", target, user) for user in users for target in (initial[0], other[0])]
+    logged = _nginx_log(tmp_path, topo, requests, nginx_upstream_max_fails=0)
+    assert [upstream for _, upstream, _ in logged] == [resolve(topo["nginx"], m, t).upstream for m, t, _ in requests]
+    by_pool = {"synapse_initial_synchrotron": [], "synapse_synchrotron": []}
+    for (_, upstream, address), (_, _, headers) in zip(logged, requests):
+        by_pool[upstream].append((headers["Authorization"], address))
+    for upstream, picks in by_pool.items():
+        sockets = {f"unix:/run/matrix-synapse/{name}.sock" for name in names_behind(topo, upstream)}
+        assert {address for _, address in picks} <= sockets
+        # One user, one server of each pool; the users spread over them.
+        per_user = {}
+        for user, address in picks:
+            per_user.setdefault(user, set()).add(address)
+        assert all(len(addresses) == 1 for addresses in per_user.values()), upstream
+        assert len({address for _, address in picks}) > 1, upstream
+    alice = [address for (_, upstream, address), (_, _, h) in zip(logged, requests)
+             if h is ALICE and upstream == "synapse_initial_synchrotron"]
+    assert len(alice) == len(initial) and len(set(alice)) == 1
+
+
+def _one_room(spellings=(ROOM, ROOM_ENCODED)):
+    return [
+        request
+        for spelled in spellings
+        for request in (
+            ("GET", f"{C}/rooms/{spelled}/messages?dir=b"),
+            ("PUT", f"{C}/rooms/{spelled}/send/m.room.message/t1"),
+            ("GET", f"{C}/rooms/{spelled}/members"),
+            ("POST", f"{C}/join/{spelled}"),
+            ("GET", f"{C}/room_keys/keys/{spelled}?version=1"),
+            ("GET", f"{F}/state_ids/{spelled}?event_id=%24e"),
+            ("GET", f"{F}/backfill/{spelled}?v=%24e&limit=10"),
+            ("PUT", f"/_matrix/federation/v2/send_join/{spelled}/%24e"),
+        )
+    ]
+
+
+def test_nginx_hashes_every_request_for_a_room_to_one_room_worker(tmp_path):
+    topo = preset("seed002")
+    one_room = _one_room()
+    others = [("GET", f"{C}/rooms/!room{i}:example.org/messages") for i in range(12)]
+    logged = _nginx_log(tmp_path, topo, one_room + others, nginx_upstream_max_fails=0)
+    assert {upstream for _, upstream, _ in logged} == {"synapse_room_worker"}
+    sockets = {f"unix:/run/matrix-synapse/rooms{i}.sock" for i in range(1, 5)}
+    assert {address for _, _, address in logged} <= sockets
+    assert len({address for _, _, address in logged[: len(one_room)]}) == 1
+    assert len({address for _, _, address in logged[len(one_room):]}) > 1
+
+
+def test_nginx_shows_a_room_key_that_misses_the_room(tmp_path):
+    topo = _broken("seed002")
+    for chooser in topo["nginx"]["maps"]:
+        if chooser["variable"] == "$synapse_balance_room":
+            chooser["cases"] = chooser["cases"][:1]
+    logged = _nginx_log(tmp_path, topo, _one_room(), nginx_upstream_max_fails=0)
+    assert {upstream for _, upstream, _ in logged} == {"synapse_room_worker"}
+    assert len({address for _, _, address in logged}) > 1
+    assert {f.kind for f in check(topo, [s for s in SAMPLES if "room_worker" in s.types])} == {NOT_STICKY}

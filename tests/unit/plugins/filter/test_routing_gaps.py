@@ -26,6 +26,7 @@ import subprocess
 import time
 import warnings
 from unittest.mock import MagicMock
+from urllib.parse import unquote
 
 import pytest
 
@@ -50,7 +51,8 @@ except ImportError:  # Python < 3.11
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 ONE_HOST = {"main_host": "app1", "hosts": {"app1": "127.0.0.1"}}
-# One worker of every type, all on one host (UNIX sockets).
+# One worker of every type, all on one host (UNIX sockets): the pools (initial
+# synchrotron, room workers) take their share of the others' requests.
 EVERY_TYPE = [{"name": name, "types": [name]} for name in WORKER_TYPES]
 
 DELAYED = "/_matrix/client/unstable/org.matrix.msc4140/delayed_events"
@@ -58,9 +60,13 @@ SLIDING_SYNC = "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync"
 
 # (method, path, the worker type that must answer; "main" for the main process)
 CASES = [
-    # Simplified sliding sync (MSC4186) goes where /sync goes.
+    # Simplified sliding sync (MSC4186) goes where an incremental /sync goes,
+    # also without a position: its first request is no initial sync.
     ("POST", SLIDING_SYNC, "synchrotron"),
-    ("GET", "/_matrix/client/v3/sync", "synchrotron"),
+    ("POST", f"{SLIDING_SYNC}?pos=4", "synchrotron"),
+    ("GET", "/_matrix/client/v3/sync?since=s1_2", "synchrotron"),
+    ("GET", "/_matrix/client/v3/sync?timeout=0", "initial_synchrotron"),
+    ("GET", "/_matrix/client/v3/sync", "initial_synchrotron"),
     # Delayed events: workers register GET on /{id}, main alone POST (update),
     # /cancel and /send.
     ("GET", DELAYED, "client_reader"),
@@ -76,9 +82,13 @@ CASES = [
     ("GET", "/_synapse/mas/query_user", "client_reader"),
     ("POST", "/_synapse/mas/provision_user", "client_reader"),
     ("POST", "/_synapse/mas/upsert_device", "client_reader"),
-    # Neighbours that must not move.
-    ("GET", "/_matrix/client/v3/rooms/!r:example.org/messages", "client_reader"),
-    ("PUT", "/_matrix/client/v3/rooms/!r:example.org/send/m.room.message/t1", "event_creator"),
+    # Neighbours that must not move (a room's requests by its ID go to the
+    # room workers, by its alias to their own type).
+    ("GET", "/_matrix/client/v3/rooms/!r:example.org/messages", "room_worker"),
+    ("PUT", "/_matrix/client/v3/rooms/%21r%3Aexample.org/send/m.room.message/t1", "room_worker"),
+    ("GET", "/_matrix/federation/v1/state_ids/!r:example.org", "room_worker"),
+    ("POST", "/_matrix/client/v3/join/%23lobby:example.org", "event_creator"),
+    ("GET", "/_matrix/client/v3/directory/room/%23lobby:example.org", "client_reader"),
     ("POST", "/_matrix/client/v3/logout", "main"),
     ("GET", "/_synapse/replication/foo", "denied"),
     ("GET", "/_synapse/metrics", "denied"),
@@ -92,8 +102,14 @@ def topology(workers=EVERY_TYPE, **options):
 # --- the topology read the way nginx reads it ---------------------------------
 
 
-def upstream_for(nginx, method, path):
-    """The upstream nginx picks for a request, or "denied"."""
+def upstream_for(nginx, method, target):
+    """The upstream nginx picks for a request, or "denied".
+
+    Locations are matched against the decoded path; a limited route's map
+    reads the method or a query argument (empty when missing).
+    """
+    path, _, query = target.partition("?")
+    path = unquote(path)
     if any(re.search(pattern, path) for pattern in nginx["denied_patterns"]):
         return "denied"
     for route in nginx["routes"]:
@@ -102,9 +118,14 @@ def upstream_for(nginx, method, path):
         if not route["upstream_variable"]:
             return route["upstream"]
         (chooser,) = [m for m in nginx["maps"] if m["variable"] == route["upstream_variable"]]
-        assert chooser["source"] == "$request_method"
+        if chooser["source"] == "$request_method":
+            value = method
+        else:
+            assert chooser["source"].startswith("$arg_")
+            arguments = [a.partition("=") for a in query.split("&")]
+            value = next((v for k, _, v in arguments if k == chooser["source"][len("$arg_"):]), "")
         cases = {case["pattern"]: case["value"] for case in chooser["cases"]}
-        return cases.get(method, chooser["default"])
+        return cases.get(value, chooser["default"])
     return nginx["default_upstream"]
 
 
@@ -159,7 +180,10 @@ def test_method_limited_route_and_its_map():
             {"pattern": "HEAD", "value": "synapse_client_reader"},
         ],
     }
-    assert all(r["methods"] == [] and r["upstream_variable"] is None for r in nginx["routes"] if r not in limited)
+    # The other limited route: initial syncs, by their missing `since`.
+    (since,) = [r for r in nginx["routes"] if r["upstream_variable"] and r not in limited]
+    assert since["without_arg"] == "since" and since["upstream"] == "synapse_initial_synchrotron"
+    assert all(r["methods"] == [] and r["upstream_variable"] is None for r in nginx["routes"] if r not in [*limited, since])
     # Without a client_reader the path is main's, and so is its map.
     alone = topology([{"name": "sync", "types": ["synchrotron"]}])["nginx"]
     assert all(m["source"] != "$request_method" for m in alone["maps"])
@@ -178,7 +202,14 @@ def test_a_route_broken_on_purpose_is_caught():
     # Sliding sync loses its route: it falls to main.
     nginx = topology()["nginx"]
     nginx["routes"] = [r for r in nginx["routes"] if "simplified_msc3575" not in r["pattern"]]
-    assert misrouted(nginx) == [("POST", SLIDING_SYNC, "synchrotron", "main")]
+    assert misrouted(nginx) == [("POST", SLIDING_SYNC, "synchrotron", "main"),
+                                ("POST", f"{SLIDING_SYNC}?pos=4", "synchrotron", "main")]
+    # The initial-sync map sends every /sync to the initial synchrotron.
+    nginx = topology()["nginx"]
+    for chooser in nginx["maps"]:
+        if chooser["source"] == "$arg_since":
+            chooser["default"] = chooser["cases"][0]["value"]
+    assert misrouted(nginx) == [("GET", "/_matrix/client/v3/sync?since=s1_2", "synchrotron", "initial_synchrotron")]
 
 
 # --- quarantined media changes: main stays a writer ---------------------------
@@ -257,8 +288,15 @@ def synapse_servlets():
     }
 
 
+# Servlet path parameters that name a room: sampled as an alias-like segment
+# and as a room ID, which only the room workers' routes ask for.
+ROOM_PARAMETERS = ("room_id", "room_identifier")
+
+
 def sample_paths(pattern, cap=64):
-    """Paths a servlet regex matches: every alternative, each repeat once."""
+    """Paths a servlet regex matches: every alternative, each repeat once, a room ID for a room."""
+    parsed = sre_parse.parse(pattern)
+    names = {number: name for name, number in parsed.state.groupdict.items()}
 
     def sequence(items):
         paths = [""]
@@ -278,6 +316,8 @@ def sample_paths(pattern, cap=64):
         if op is sre_constants.AT:
             return [""]
         if op is sre_constants.SUBPATTERN:
+            if names.get(av[0]) in ROOM_PARAMETERS:
+                return [*sequence(av[-1]), "!r:example.org"]
             return sequence(av[-1])
         if op is sre_constants.BRANCH:
             return [p for branch in av[1] for p in sequence(branch)][:cap]
@@ -287,7 +327,7 @@ def sample_paths(pattern, cap=64):
             return ([""] if low == 0 and high == 1 else []) + once
         raise NotImplementedError(op)
 
-    return [p for p in sequence(sre_parse.parse(pattern)) if re.search(pattern, p)]
+    return [p for p in sequence(parsed) if re.search(pattern, p)]
 
 
 def workers_lacking_methods(nginx, servlets):
@@ -319,6 +359,45 @@ def test_no_request_reaches_a_worker_without_its_method(synapse_servlets):
     # With no writer worker, nothing a client_reader is sent lacks its method.
     reader_only = [{"name": "reader", "types": ["client_reader"]}]
     assert workers_lacking_methods(topology(reader_only)["nginx"], synapse_servlets) == []
+    # Nor anything the pools alone are sent (no stream writer, no other type).
+    for pool in ("room_worker", "initial_synchrotron"):
+        alone = topology([{"name": "pool", "types": [pool], "count": 2}])["nginx"]
+        assert workers_lacking_methods(alone, synapse_servlets) == []
+    for preset in ("seed001", "seed002"):
+        nginx = build_topology(None, preset=preset, **ONE_HOST)["nginx"]
+        assert workers_lacking_methods(nginx, synapse_servlets) == []
+
+
+def test_room_ids_are_sampled_for_the_room_workers(synapse_servlets):
+    # The servlets' room parameters are sampled as room IDs too, so the room
+    # workers' routes are put to Synapse's registrations.
+    nginx = topology([{"name": "rooms", "types": ["room_worker"]}])["nginx"]
+    reached = {
+        (method, servlet)
+        for method, pattern, servlet in synapse_servlets["main"]
+        for path in sample_paths(pattern)
+        if upstream_for(nginx, method, path) == "synapse_room_worker"
+    }
+    assert {
+        ("GET", "RoomMessageListRestServlet"),
+        ("PUT", "RoomSendEventRestServlet"),
+        ("POST", "JoinRoomAliasServlet"),
+        ("GET", "RoomKeysServlet"),
+        ("GET", "FederationStateIdsServlet"),
+        ("PUT", "FederationV2SendJoinServlet"),
+    } <= reached
+    # Never what main alone serves for a room.
+    assert not {s for _, s in reached} & {"RoomForgetRestServlet", "RoomUpgradeRestServlet", "ReportEventRestServlet"}
+
+
+def test_a_room_worker_route_over_a_path_main_alone_serves_is_caught(synapse_servlets, monkeypatch):
+    rooms = WORKER_TYPES["room_worker"]
+    (group,) = rooms.endpoints
+    greedy = dataclasses.replace(group, patterns=(*group.patterns, "^/_matrix/client/v3/rooms/![^/]+/"))
+    monkeypatch.setitem(WORKER_TYPES, "room_worker", dataclasses.replace(rooms, endpoints=(greedy,)))
+    nginx = topology([{"name": "rooms", "types": ["room_worker"]}])["nginx"]
+    lacking = {(method, servlet) for method, servlet, _, _ in workers_lacking_methods(nginx, synapse_servlets)}
+    assert {("POST", "RoomForgetRestServlet"), ("POST", "RoomUpgradeRestServlet")} <= lacking
 
 
 def test_a_worker_without_the_method_is_caught(synapse_servlets, monkeypatch):
@@ -393,7 +472,8 @@ def _serve(tmp_path, topo, requests, **overrides):
         process.terminate()
         process.wait(timeout=10)
     logged = re.findall(r'"(\S+) (\S+) HTTP/[\d.]+" .*? upstream=(\S+) ', (tmp_path / "matrix-synapse.access.log").read_text())
-    assert [(m, p) for m, p, _ in logged] == list(requests)
+    # nginx logs $uri: decoded, without the query string.
+    assert [(m, p) for m, p, _ in logged] == [(m, unquote(p.partition("?")[0])) for m, p in requests]
     return [(status, upstream) for status, (_, _, upstream) in zip(statuses, logged)]
 
 

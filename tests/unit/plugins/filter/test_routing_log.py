@@ -411,12 +411,12 @@ def test_nginx_with_typing_pointed_at_another_upstream_is_caught(tmp_path, socke
     broken = copy.deepcopy(deployed)
     for route in broken["nginx"]["routes"]:
         if route["worker_type"] == "typing":
-            route["upstream"] = "synapse_client_reader"
+            route["upstream"] = "synapse_room_worker"
     sent, lines, got = probe_through_nginx(tmp_path, broken, deployed, nginx_admin_api_allowed_clients=["127.0.0.1"])
     assert_the_log_names_the_process_that_got_each_request(sent, lines, got)
     findings = judge(sent, lines, deployed)
     assert [(f.kind, f.sample.method, f.upstream) for f in findings] == [
-        (MISROUTED, "PUT", "synapse_client_reader")
+        (MISROUTED, "PUT", "synapse_room_worker")
     ], report(findings)
     (finding,) = findings
     assert "/typing/" in finding.sample.path and finding.reached[0].name.startswith("rooms")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from urllib.parse import unquote
 
 import pytest
 from ansible.errors import AnsibleFilterError
@@ -17,6 +18,7 @@ from ansible_collections.polylith.synapse.plugins.plugin_utils.worker_catalogue 
     BALANCE_KEYS,
     BALANCE_METHODS,
     MAIN_WRITER,
+    EndpointGroup,
     MULTI_WRITER_STREAMS,
     SINGLE_WRITER_STREAMS,
     STREAMS_MAIN_ALSO_WRITES,
@@ -40,28 +42,49 @@ THREE_HOSTS = {
 
 # One worker of every type; the single-writer streams each on their own worker.
 EVERY_TYPE = [{"name": name, "types": [name]} for name in WORKER_TYPES]
+# The pools take a share of other types' requests (room-ID requests, initial
+# syncs) while they run; without them every type serves all of its endpoints.
+POOLS = ("room_worker", "initial_synchrotron")
+WITHOUT_POOLS = [w for w in EVERY_TYPE if w["name"] not in POOLS]
 
 
 def topology(workers, **options):
     return build_topology(workers, **{**ONE_HOST, **options})
 
 
-def route(topo, path, method="GET"):
-    """Where nginx sends a request: (worker type of the route, upstream).
+def route(topo, target, method="GET"):
+    """Where nginx sends a request: (worker type of the upstream, upstream).
 
-    A method-limited route sends the methods its map names to its upstream
-    and every other method to main.
+    The location is chosen for the decoded path; a limited route sends the
+    requests its map names (by method, or by a missing query argument) to
+    its upstream and every other request to the map's default.
     """
     nginx = topo["nginx"]
+    path, _, query = target.partition("?")
+    path = unquote(path)
     for pattern in nginx["denied_patterns"]:
         if re.search(pattern, path):
             return ("denied", None)
     for item in nginx["routes"]:
         if re.search(item["pattern"], path):
-            if item["upstream_variable"] and method not in item["methods"]:
-                return ("main", nginx["default_upstream"])
-            return (item["worker_type"], item["upstream"])
+            upstream = item["upstream"]
+            if item["upstream_variable"]:
+                (chooser,) = [m for m in nginx["maps"] if m["variable"] == item["upstream_variable"]]
+                if chooser["source"] == "$request_method":
+                    value = method
+                else:
+                    name = chooser["source"].removeprefix("$arg_")
+                    value = next((v for k, _, v in (a.partition("=") for a in query.split("&")) if k == name), "")
+                upstream = next((c["value"] for c in chooser["cases"] if c["pattern"] == value), chooser["default"])
+            return (_type_of(nginx, upstream), upstream)
     return ("main", nginx["default_upstream"])
+
+
+def _type_of(nginx, upstream):
+    if upstream == nginx["default_upstream"]:
+        return "main"
+    (worker_type,) = {r["worker_type"] for r in nginx["routes"] if r["upstream"] == upstream}
+    return worker_type
 
 
 def worker(topo, name):
@@ -77,14 +100,29 @@ def fails(workers, match, **options):
 
 
 def test_catalogue_has_every_docker_worker_type():
-    # The types of Synapse's docker/configure_workers_and_start.py.
+    # The types of Synapse's docker/configure_workers_and_start.py, and two
+    # pools the operators' layouts run: ESS's initial-synchrotron and
+    # seed002's room workers.
     assert set(WORKER_TYPES) == {
         "pusher", "user_dir", "media_repository", "appservice", "federation_sender",
         "synchrotron", "client_reader", "federation_reader", "federation_inbound",
         "event_persister", "background_worker", "event_creator", "account_data",
         "presence", "receipts", "to_device", "device_lists", "typing", "push_rules",
         "thread_subscriptions",
+        *POOLS,
     }  # fmt: skip
+
+
+def test_a_group_is_limited_one_way_only():
+    with pytest.raises(ValueError, match="not both"):
+        EndpointGroup("x", ("^/_x$",), methods=("GET",), without_arg="since")
+
+
+def test_limited_groups_share_no_pattern():
+    # A limited route's other requests go to the next type listing its
+    # pattern without a limit; two limits on one pattern would hide each other.
+    limited = [p for t in WORKER_TYPES.values() for g in t.endpoints if g.methods or g.without_arg for p in g.patterns]
+    assert len(limited) == len(set(limited))
 
 
 def test_catalogue_streams_are_the_ones_synapse_knows():
@@ -281,11 +319,157 @@ ROUTED_PATHS = [
 
 @pytest.mark.parametrize(("path", "expected"), ROUTED_PATHS)
 def test_real_paths_reach_the_right_worker_type(path, expected):
-    worker_type, upstream = route(topology(EVERY_TYPE), path)
+    worker_type, upstream = route(topology(WITHOUT_POOLS), path)
     assert worker_type == expected
     if expected not in ("main", "denied"):
-        servers = topology(EVERY_TYPE)["nginx"]["upstreams"][upstream]["servers"]
+        servers = topology(WITHOUT_POOLS)["nginx"]["upstreams"][upstream]["servers"]
         assert servers == [f"unix:/run/matrix-synapse/{expected}.sock"]
+
+
+ROOM = "!r:example.test"
+# Room version 12 IDs carry no server name (MSC4291).
+ROOM_V12 = "!31hneApxJ_1o-63DmFrpeqnkFfWppnzWso1JvH3ogLM"
+
+# With every type running, the pools take their share.
+POOL_PATHS = [
+    # Initial syncs: no `since` (or an empty one), and /initialSync.
+    ("GET", "/_matrix/client/v3/sync", "initial_synchrotron"),
+    ("GET", "/_matrix/client/r0/sync?filter=0&timeout=0", "initial_synchrotron"),
+    ("GET", "/_matrix/client/v3/sync?since=", "initial_synchrotron"),
+    ("GET", "/_matrix/client/v3/initialSync", "initial_synchrotron"),
+    ("GET", "/_matrix/client/v3/rooms/#a:example.test/initialSync", "initial_synchrotron"),
+    # The other syncs stay with the synchrotrons.
+    ("GET", "/_matrix/client/v3/sync?since=s72594_4483_1934&timeout=30000", "synchrotron"),
+    ("GET", "/_matrix/client/v3/sync?timeout=30000&since=s1&full_state=true", "synchrotron"),
+    ("GET", "/_matrix/client/v3/events", "synchrotron"),
+    ("POST", "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync", "synchrotron"),
+    ("POST", "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync?pos=3", "synchrotron"),
+    # Every request for a room by its ID that a request type serves.
+    ("GET", f"/_matrix/client/v3/rooms/{ROOM}/initialSync", "room_worker"),
+    ("GET", f"/_matrix/client/v3/rooms/{ROOM}/messages", "room_worker"),
+    ("GET", f"/_matrix/client/v3/rooms/{ROOM}/members", "room_worker"),
+    ("GET", f"/_matrix/client/v3/rooms/{ROOM}/joined_members", "room_worker"),
+    ("GET", f"/_matrix/client/v3/rooms/{ROOM}/state", "room_worker"),
+    ("GET", f"/_matrix/client/v3/rooms/{ROOM}/state/m.room.name", "room_worker"),
+    ("PUT", f"/_matrix/client/v3/rooms/{ROOM}/state/m.room.member/@u:example.test", "room_worker"),
+    ("GET", f"/_matrix/client/v3/rooms/{ROOM}/context/$e", "room_worker"),
+    ("GET", f"/_matrix/client/v3/rooms/{ROOM}/event/$e", "room_worker"),
+    ("PUT", f"/_matrix/client/v3/rooms/{ROOM}/send/m.room.message/t1", "room_worker"),
+    ("PUT", f"/_matrix/client/v3/rooms/{ROOM}/redact/$e/t2", "room_worker"),
+    ("POST", f"/_matrix/client/v3/rooms/{ROOM}/invite", "room_worker"),
+    ("POST", f"/_matrix/client/v3/join/{ROOM}", "room_worker"),
+    ("POST", f"/_matrix/client/v3/knock/{ROOM}", "room_worker"),
+    ("GET", f"/_matrix/client/v1/rooms/{ROOM}/hierarchy", "room_worker"),
+    ("GET", f"/_matrix/client/v1/rooms/{ROOM}/threads", "room_worker"),
+    ("GET", f"/_matrix/client/v1/rooms/{ROOM}/timestamp_to_event", "room_worker"),
+    ("GET", f"/_matrix/client/v1/rooms/{ROOM}/relations/$e/m.thread", "room_worker"),
+    ("GET", f"/_matrix/client/v3/rooms/{ROOM}/aliases", "room_worker"),
+    ("GET", f"/_matrix/client/v1/room_summary/{ROOM}", "room_worker"),
+    ("GET", f"/_matrix/client/v3/room_keys/keys/{ROOM}/session1", "room_worker"),
+    ("GET", f"/_matrix/client/v3/rooms/{ROOM_V12}/messages", "room_worker"),
+    ("GET", "/_matrix/client/v3/rooms/%21r%3Aexample.test/messages", "room_worker"),
+    ("GET", f"/_matrix/federation/v1/state_ids/{ROOM}", "room_worker"),
+    ("GET", f"/_matrix/federation/v1/state/{ROOM}/", "room_worker"),
+    ("GET", f"/_matrix/federation/v1/backfill/{ROOM}", "room_worker"),
+    ("POST", f"/_matrix/federation/v1/get_missing_events/{ROOM}", "room_worker"),
+    ("GET", f"/_matrix/federation/v1/make_join/{ROOM}/@u:remote.test", "room_worker"),
+    ("PUT", f"/_matrix/federation/v2/send_join/{ROOM}/$e", "room_worker"),
+    ("PUT", f"/_matrix/federation/v2/invite/{ROOM}/$e", "room_worker"),
+    ("GET", f"/_matrix/federation/v1/event_auth/{ROOM}/$e", "room_worker"),
+    ("GET", f"/_matrix/federation/v1/hierarchy/{ROOM}", "room_worker"),
+    # Named by alias, or no room: their own type.
+    ("POST", "/_matrix/client/v3/join/#a:example.test", "event_creator"),
+    ("GET", "/_matrix/client/v3/directory/room/#a:example.test", "client_reader"),
+    ("GET", "/_matrix/client/v3/room_keys/version", "client_reader"),
+    ("POST", "/_matrix/client/v3/createRoom", "client_reader"),
+    ("GET", "/_matrix/federation/v1/event/$e", "federation_reader"),
+    ("PUT", "/_matrix/federation/v1/send/1234", "federation_inbound"),
+    # A stream's endpoints stay with its writer, main's with main, and the admin API.
+    ("PUT", f"/_matrix/client/v3/rooms/{ROOM}/typing/@u:example.test", "typing"),
+    ("POST", f"/_matrix/client/v3/rooms/{ROOM}/receipt/m.read/$e", "receipts"),
+    ("POST", f"/_matrix/client/v3/rooms/{ROOM}/read_markers", "receipts"),
+    ("GET", f"/_matrix/client/v3/user/@u:example.test/rooms/{ROOM}/tags", "account_data"),
+    ("PUT", f"/_matrix/client/v3/user/@u:example.test/rooms/{ROOM}/account_data/x", "account_data"),
+    ("GET", f"/_matrix/client/unstable/io.element.msc4306/rooms/{ROOM}/thread/$t/subscription", "thread_subscriptions"),
+    ("POST", f"/_matrix/client/v3/rooms/{ROOM}/forget", "main"),
+    ("POST", f"/_matrix/client/v3/rooms/{ROOM}/upgrade", "main"),
+    ("POST", f"/_matrix/client/v3/rooms/{ROOM}/report/$e", "main"),
+    ("GET", f"/_matrix/client/v3/directory/list/room/{ROOM}", "main"),
+    ("GET", f"/_synapse/admin/v1/rooms/{ROOM}", "client_reader"),
+    ("GET", f"/_synapse/admin/v1/room/{ROOM}/media", "media_repository"),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "expected"), POOL_PATHS)
+def test_the_pools_take_their_share(method, path, expected):
+    assert route(topology(EVERY_TYPE), path, method)[0] == expected
+
+
+@pytest.mark.parametrize(("method", "path", "expected"), POOL_PATHS)
+def test_without_the_pools_their_requests_go_where_they_went(method, path, expected):
+    if expected not in POOLS:
+        assert route(topology(WITHOUT_POOLS), path, method)[0] == expected
+    else:
+        assert route(topology(WITHOUT_POOLS), path, method)[0] not in ("main", "denied", *POOLS)
+
+
+def test_initial_syncs_without_synchrotrons_leave_the_others_to_main():
+    topo = topology([{"name": "initial", "types": ["initial_synchrotron"], "count": 2}])
+    assert route(topo, "/_matrix/client/v3/sync") == ("initial_synchrotron", "synapse_initial_synchrotron")
+    assert route(topo, "/_matrix/client/v3/initialSync") == ("initial_synchrotron", "synapse_initial_synchrotron")
+    assert route(topo, "/_matrix/client/v3/sync?since=s1")[0] == "main"
+    assert route(topo, "/_matrix/client/v3/events")[0] == "main"
+    (sync,) = [r for r in topo["nginx"]["routes"] if r["pattern"] == "^/_matrix/client/(r0|v3)/sync$"]
+    assert sync["fallback_upstream"] == "synapse_main" and sync["without_arg"] == "since"
+
+
+def test_the_initial_sync_route_asks_since():
+    topo = topology(
+        [
+            {"name": "initial", "types": ["initial_synchrotron"], "count": 2},
+            {"name": "sync", "types": ["synchrotron"], "count": 3},
+        ]
+    )
+    nginx = topo["nginx"]
+    sync = [r for r in nginx["routes"] if r["pattern"] == "^/_matrix/client/(r0|v3)/sync$"]
+    # One location: the synchrotrons' own /sync route is the map's default.
+    assert sync == [
+        {
+            "pattern": "^/_matrix/client/(r0|v3)/sync$",
+            "upstream": "synapse_initial_synchrotron",
+            "worker_type": "initial_synchrotron",
+            "methods": [],
+            "without_arg": "since",
+            "upstream_variable": "$synapse_initial_synchrotron_without_since",
+            "fallback_upstream": "synapse_synchrotron",
+            "condition": "no since argument",
+        }
+    ]
+    (chooser,) = [m for m in nginx["maps"] if m["variable"] == "$synapse_initial_synchrotron_without_since"]
+    assert chooser == {
+        "source": "$arg_since",
+        "variable": "$synapse_initial_synchrotron_without_since",
+        "default": "synapse_synchrotron",
+        "cases": [{"pattern": "", "value": "synapse_initial_synchrotron"}],
+    }
+    # Both pools are sticky by user, on servers of their own.
+    upstreams = nginx["upstreams"]
+    for name, servers in (("synapse_initial_synchrotron", ["initial1", "initial2"]),
+                          ("synapse_synchrotron", ["sync1", "sync2", "sync3"])):
+        assert upstreams[name]["hash_key"] == BALANCE_KEYS["user"]["variable"]
+        assert upstreams[name]["servers"] == [f"unix:/run/matrix-synapse/{s}.sock" for s in servers]
+
+
+def test_room_workers_hash_by_room():
+    topo = topology([{"name": "rooms", "types": ["room_worker"], "count": 4}])
+    upstream = topo["nginx"]["upstreams"]["synapse_room_worker"]
+    assert upstream["balance"] == "room" and upstream["hash_key"] == BALANCE_KEYS["room"]["variable"]
+    assert len(upstream["servers"]) == 4
+    assert [m["source"] for m in topo["nginx"]["maps"] if m["variable"] == "$synapse_balance_room"] == ["$uri"]
+    # No room ID: main serves it.
+    assert route(topo, "/_matrix/client/v3/createRoom", "POST")[0] == "main"
+    assert route(topo, "/_matrix/client/v3/join/#a:example.test", "POST")[0] == "main"
+    assert route(topo, f"/_matrix/client/v3/rooms/{ROOM}/messages")[0] == "room_worker"
 
 
 @pytest.mark.parametrize(("path", "expected"), ROUTED_PATHS)
@@ -367,11 +551,15 @@ CHOSEN_SEGMENTS = [
 
 @pytest.mark.parametrize(("method", "path", "expected"), CHOSEN_SEGMENTS)
 def test_a_client_chosen_segment_does_not_steer_a_request(method, path, expected):
-    assert route(topology(EVERY_TYPE), path, method)[0] == expected
+    assert route(topology(WITHOUT_POOLS), path, method)[0] == expected
     # Without the type that serves it, the request goes to main, not to a
     # type whose endpoint it resembles.
-    others = [w for w in EVERY_TYPE if w["name"] != expected]
+    others = [w for w in WITHOUT_POOLS if w["name"] != expected]
     assert route(topology(others), path, method)[0] == "main"
+    # Room workers take the room's request whatever its chosen segment says.
+    if expected in ("event_creator", "client_reader"):
+        assert route(topology(EVERY_TYPE), path, method)[0] == "room_worker"
+        assert route(topology([{"name": "rooms", "types": ["room_worker"]}]), path, method)[0] == "room_worker"
 
 
 # An encoded "/" inside an ID is decoded before nginx matches: the request
@@ -451,6 +639,18 @@ def test_balance_key_maps_extract_the_key():
     assert apply("room", **{"$uri": "/_matrix/client/v3/rooms/!abc:x/messages"}) == "!abc:x"
     assert apply("room", **{"$uri": "/_matrix/client/api/v1/rooms/!abc:x/send/m/1"}) == "!abc:x"
     assert apply("room", **{"$uri": "/_matrix/client/v3/join/#a:x"}) == "#a:x"
+    # The room ID wherever the path names it (nginx's $uri is decoded).
+    assert apply("room", **{"$uri": "/_matrix/federation/v1/state_ids/!abc:x"}) == "!abc:x"
+    assert apply("room", **{"$uri": "/_matrix/federation/v2/send_join/!abc:x/$e"}) == "!abc:x"
+    assert apply("room", **{"$uri": "/_matrix/client/v3/room_keys/keys/!abc:x/s1"}) == "!abc:x"
+    assert apply("room", **{"$uri": "/_matrix/client/unstable/org.matrix.msc2432/rooms/!abc:x/aliases"}) == "!abc:x"
+    assert apply("room", **{"$uri": "/_matrix/client/v1/room_summary/!abc:x"}) == "!abc:x"
+    # Its segment ends it, also before a user ID with a server name of its own.
+    assert apply("room", **{"$uri": "/_matrix/client/v3/rooms/!abc:x/state/m.room.member/@u:y"}) == "!abc:x"
+    assert apply("room", **{"$uri": f"/_matrix/client/v3/rooms/{ROOM_V12}/messages"}) == ROOM_V12
+    assert apply("room", **{"$uri": f"/_matrix/federation/v1/backfill/{ROOM_V12}"}) == ROOM_V12
+    # No room: the whole path.
+    assert apply("room", **{"$uri": "/_matrix/client/v3/profile/@u:x"}) == "/_matrix/client/v3/profile/@u:x"
 
 
 # --- expansion, placement and listeners -----------------------------------------
