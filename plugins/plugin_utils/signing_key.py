@@ -285,14 +285,15 @@ def key_refusal(
     if key_exists:
         return ""
     restore = (
-        f"Restore {key_path} from your backup (mode 0640, group of the Synapse user), or supply it "
+        f"restore {key_path} from your backup (mode 0640, group of the Synapse user), or supply it "
         f"as {SIGNING_KEY_VARIABLE} (e.g. from Ansible Vault)"
     )
+    restore_first = restore[0].upper() + restore[1:]
     if recorded_id is not None:
         return (
             f"The signing key {key_path} is missing on {host}, and the role will not generate a new "
             f"one: this server has used the key {recorded_id} (public key {recorded_public}, recorded "
-            f"in {record_path}). {why}. {restore}. {allow}: old_signing_keys: {{'{recorded_id}': "
+            f"in {record_path}). {why}. {restore_first}. {allow}: old_signing_keys: {{'{recorded_id}': "
             f"{{key: '{recorded_public}', expired_ts: <now, in milliseconds since 1970>}}}}."
         )
     state = database_state(database)
@@ -306,11 +307,11 @@ def key_refusal(
         return (
             f"The signing key {key_path} is missing on {host}, and the role will not generate a new "
             f"one: {where} already holds {held}, so this server has run with a key other servers "
-            f"may know. {why}. {restore}. {allow} (export_signing_key -x on a backup of the old key "
+            f"may know. {why}. {restore_first}. {allow} (export_signing_key -x on a backup of the old key "
             "prints the entry)."
         )
     return (
         f"The signing key {key_path} is missing on {host}, and the role could not tell whether "
         f"{where} holds data ({state['state']}: {state['detail']}), so it will not generate a new "
-        f"key. Start PostgreSQL on {postgres_host} and run again, or: {restore}. {allow}."
+        f"key. Start PostgreSQL on {postgres_host} and run again, or {restore}. {allow}."
     )
