@@ -1,7 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright: (c) polylith.synapse contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Filters that turn the worker list into a whole Synapse deployment.
+"""Filters that turn the worker list into a whole Synapse deployment, and check its input.
 
 The logic lives in plugin_utils/topology.py (plain Python, unit-tested); this
 file only exposes it to Jinja. Each filter's documentation is in the YAML file
@@ -15,6 +15,9 @@ from ansible_collections.polylith.synapse.plugins.plugin_utils.capacity import (
 )
 from ansible_collections.polylith.synapse.plugins.plugin_utils.shared_inputs import (
     input_problems,
+)
+from ansible_collections.polylith.synapse.plugins.plugin_utils.signing_key import (
+    key_refusal,
 )
 from ansible_collections.polylith.synapse.plugins.plugin_utils.topology import (
     build_topology,
@@ -51,6 +54,11 @@ def synapse_capacity_warnings(deployment, host, cores=None, memory_mib=None):
     return capacity_warnings(deployment, host, cores, memory_mib)
 
 
+def synapse_signing_key_refusal(host, **state):
+    """Why a run must not give the server a new signing key; see synapse_signing_key_refusal.yml."""
+    return key_refusal(host, **state)
+
+
 class FilterModule:
     """polylith.synapse topology filters."""
 
@@ -62,4 +70,5 @@ class FilterModule:
             "synapse_nginx_routes": synapse_nginx_routes,
             "synapse_input_problems": synapse_input_problems,
             "synapse_capacity_warnings": synapse_capacity_warnings,
+            "synapse_signing_key_refusal": synapse_signing_key_refusal,
         }

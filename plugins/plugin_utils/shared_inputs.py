@@ -11,7 +11,8 @@ a message: it says the password is empty, not a string, or where a control
 character sits. The nginx role's input that nginx would misread or that the
 collection no longer reads (the admin API's allow-list, removed variables) is
 checked here too, so it fails before any host changes rather than in the last
-play. Given the derived deployment as well, it also checks what the
+play, and so are the synapse_main role's signing key and secrets when the
+operator supplies them (their form, never their values). Given the derived deployment as well, it also checks what the
 deployment asks of those variables (a Redis password once Redis listens on
 TCP, IP addresses where processes meet over TCP, socket paths within the
 UNIX limit, workers only on hosts the playbooks deploy them to).
@@ -27,6 +28,10 @@ import ipaddress
 import re
 from collections.abc import Mapping
 
+from ansible_collections.polylith.synapse.plugins.plugin_utils.signing_key import (
+    SECRET_INPUTS,
+    secret_problems,
+)
 from ansible_collections.polylith.synapse.plugins.plugin_utils.worker_presets import (
     PRESETS,
 )
@@ -479,7 +484,7 @@ def _inventory_hosts(groups):
     return names
 
 
-def _shared_problems(values, synapse_hosts):
+def _shared_problems(values, synapse_hosts, main_host):
     checks = [
         check_server_name(_get(values, "synapse_server_name")),
         check_public_host(_get(values, "synapse_public_host")),
@@ -498,6 +503,9 @@ def _shared_problems(values, synapse_hosts):
         check_media_host(_get(values, "synapse_media_host"), synapse_hosts),
         *(check_removed(name, _get(values, name)) for name in REMOVED_VARIABLES),
         *check_allowed_clients(_get(values, ALLOWED_CLIENTS)),
+        # The synapse_main role's signing key, secrets and switch: read on the
+        # main host only (other Synapse hosts get copies from it).
+        *(secret_problems({name: _get(values, name) for name in SECRET_INPUTS}) if main_host else []),
     ]
     return [problem for problem in checks if problem]
 
@@ -657,9 +665,10 @@ def input_problems(groups, hostvars, deployment=None, host=None, values=None):
         names = [name for name in names if name == str(host)]
     synapse_hosts = list(dict.fromkeys(h for g in (MAIN_GROUP, WORKERS_GROUP) for h in groups[g]))
     per_host = {}
+    main = groups[MAIN_GROUP][:1]
     for host in names:
         values = _host_values(hostvars, host)
-        per_host[host] = _shared_problems(values, synapse_hosts)
+        per_host[host] = _shared_problems(values, synapse_hosts, host in main)
     problems.extend(_merge(per_host))
     for host in names:
         problem = check_address(host, _get(_host_values(hostvars, host), "synapse_address"))

@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from signedjson.key import encode_signing_key_base64, generate_signing_key
 
 from conftest import COLLECTIONS, ROOT
 
@@ -89,6 +90,11 @@ def _nginx_by_name_only(inventory):
 
 ON_APP2 = _worker(hosts=["app2"])
 LONG_DIR = "/run/" + "d" * 80
+# A signing key as Synapse writes it, and its secret part.
+KEY = "ed25519 a_TeSt " + encode_signing_key_base64(generate_signing_key("a_TeSt"))
+SEED = KEY.split()[2]
+KEY_FORM = "give the key in the form 'ed25519 <key version> <base64 key>'"
+SECRET_FIX = "remove the variable to have the role generate one once"
 
 # (id, extra vars, inventory change or None, fragments the output must hold,
 #  strings it must not hold). Each fragment names the value or the fix.
@@ -272,6 +278,31 @@ CASES = [
     # The firewall: a flag, and addresses nftables can match
     ("firewall-flag-word", {"synapse_firewall_enabled": "maybe"}, None,
      ["synapse_firewall_enabled of host app1 is 'maybe'", "set it to true or false"], []),
+    # The signing key and secrets an operator supplies: their form, never their values
+    ("signing-key-seed-only", {"synapse_main_signing_key": SEED}, None,
+     ["synapse_main_signing_key has 1 field(s) separated by blanks, not 3 (its value is not shown)", KEY_FORM],
+     [SEED]),
+    ("signing-key-algorithm", {"synapse_main_signing_key": KEY.replace("ed25519", "ed448")}, None,
+     ["synapse_main_signing_key does not start with the algorithm ed25519", KEY_FORM], [SEED]),
+    ("signing-key-short", {"synapse_main_signing_key": KEY[:-8]}, None,
+     ["synapse_main_signing_key has a key of 26 bytes, not 32", KEY_FORM], [SEED[:-8]]),
+    ("signing-key-two-keys", {"synapse_main_signing_key": KEY + "\n" + KEY}, None,
+     ["synapse_main_signing_key has 2 lines, not one key", KEY_FORM], [SEED]),
+    ("signing-key-empty", {"synapse_main_signing_key": ""}, None,
+     ["synapse_main_signing_key is empty", "remove the variable to have the role generate a key once"], []),
+    ("signing-key-mapping", {"synapse_main_signing_key": {"key": SEED}}, None,
+     ["synapse_main_signing_key is a mapping, not a string", KEY_FORM], [SEED]),
+    ("secret-empty", {"synapse_main_form_secret": ""}, None,
+     ["synapse_main_form_secret is empty", SECRET_FIX], []),
+    ("secret-blank", {"synapse_main_worker_replication_secret": "  "}, None,
+     ["synapse_main_worker_replication_secret is blank", SECRET_FIX], []),
+    ("secret-newline-inside", {"synapse_main_registration_shared_secret": "open\nsesame"}, None,
+     ["synapse_main_registration_shared_secret contains a control character (code 10) at position 5", SECRET_FIX],
+     ["sesame"]),
+    ("secret-number", {"synapse_main_macaroon_secret_key": 8675309}, None,
+     ["synapse_main_macaroon_secret_key is a number, not a string", "quote it in YAML"], ["8675309"]),
+    ("allow-new-key-word", {"synapse_main_allow_new_signing_key": "maybe"}, None,
+     ["synapse_main_allow_new_signing_key is 'maybe'", "set it to true for the one run"], []),
     ("firewall-admits-a-name", {"synapse_firewall_enabled": True}, _nginx_by_name_only,
      ["the firewall of app1 (synapse_firewall_enabled) must admit the host reached at 'proxy1'",
       "8008 (http of main)", "give that host synapse_address (or ansible_host) with its IP address"], []),
@@ -288,6 +319,10 @@ GOOD = [
     ("good-spanning-hosts", ON_APP2, None),
     ("good-templated-from-other-hosts", ON_APP2, _templated_from_other_hosts),
     ("good-admin-api-allow-list", {"nginx_admin_api_allowed_clients": ["192.0.2.0/24", "2001:db8::/64"]}, None),
+    ("good-supplied-secrets", {"synapse_main_signing_key": KEY + "\n", "synapse_main_allow_new_signing_key": True,
+                               "synapse_main_macaroon_secret_key": "m" * 50, "synapse_main_form_secret": "f" * 50,
+                               "synapse_main_registration_shared_secret": "r" * 50,
+                               "synapse_main_worker_replication_secret": "w" * 50}, None),
 ]
 
 

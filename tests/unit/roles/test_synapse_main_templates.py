@@ -62,7 +62,7 @@ def render(template, topo, config_dir, **extra):
     return Templar(loader=loader, variables=variables).template(trust_as_template(template.read_text()))
 
 
-def deploy(tmp_path, topo):
+def deploy(tmp_path, topo, **extra):
     """Every config file the roles write for ``topo``, in a scratch config directory."""
     config_dir = tmp_path / "etc"
     for sub in ("secrets", "log", "workers", "data"):
@@ -74,24 +74,27 @@ def deploy(tmp_path, topo):
     files = {}
     for name in ("homeserver.yaml", "workers.yaml"):
         files[name] = config_dir / name
-        files[name].write_text(render(MAIN / "templates" / f"{name}.j2", topo, config_dir))
+        files[name].write_text(render(MAIN / "templates" / f"{name}.j2", topo, config_dir, **extra))
     for process in ["main", *(w["name"] for w in topo["workers"])]:
         (config_dir / "log" / f"{process}.yaml").write_text("version: 1\n")
     for worker in topo["workers"]:
         path = config_dir / "workers" / f"{worker['name']}.yaml"
-        path.write_text(render(WORKER_TEMPLATE, topo, config_dir, synapse_worker_instance=worker))
+        path.write_text(render(WORKER_TEMPLATE, topo, config_dir, synapse_worker_instance=worker, **extra))
         files[worker["name"]] = path
     return files
 
 
-def synapse_config(*paths):
-    args = [sys.executable, "-m", "synapse.config"]
+def synapse_config(*paths, expect_ok=True):
+    """Synapse's loader judges the files as the roles' validate does (no secret written inline)."""
+    args = [sys.executable, "-m", "synapse.config", "--no-secrets-in-config"]
     for path in paths:
         args += ["-c", str(path)]
     result = subprocess.run(
         args, capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONWARNINGS": "ignore"}
     )
-    assert result.returncode == 0 and "Config parses OK!" in result.stdout, result.stderr or result.stdout
+    if expect_ok:
+        assert result.returncode == 0 and "Config parses OK!" in result.stdout, result.stderr or result.stdout
+    return result
 
 
 LAYOUTS = {
@@ -152,3 +155,98 @@ def test_the_scrape_config_path_is_a_documented_role_variable():
     removed = by_name["Remove the Prometheus scrape config while metrics are off"]
     assert removed["ansible.builtin.file"]["state"] == "absent"
     assert removed["when"] == "__synapse_main_on_main_host and not __synapse_main_metrics.enabled"
+
+
+# --- secrets stay in their files ------------------------------------------------
+
+SECRETS = {
+    "synapse_database_password": "db-secret-3f9a",
+    "synapse_redis_password": "redis-secret-8c1d",
+    "synapse_main_macaroon_secret_key": "macaroon-secret-77ab",
+    "synapse_main_form_secret": "form-secret-12cd",
+    "synapse_main_registration_shared_secret": "registration-secret-5e5e",
+    "synapse_main_worker_replication_secret": "replication-secret-9f9f",
+}
+
+
+def test_no_secret_is_written_into_the_configs(tmp_path):
+    """Every secret is a *_path (or the passfile), so the configs hold none of their values."""
+    hosts = {"hosts": {"app1": "10.0.0.1", "app2": "10.0.0.2"}, "main_host": "app1"}
+    workers = [{"name": "sync", "types": ["synchrotron"], "hosts": ["app2"]}]
+    topo = build_topology(workers, **hosts)
+    assert topo["replication_crosses_hosts"] and topo["backends"]["redis"]["listen_tcp"]
+    supplied = {**SECRETS, "synapse_main_signing_key": "ed25519 a_x " + "A" * 43}
+    files = deploy(tmp_path, topo, **supplied)
+    texts = {name: path.read_text() for name, path in files.items()}
+    for name, text in texts.items():
+        for variable, value in supplied.items():
+            assert value not in text, f"{variable}'s value is written into {name}"
+    homeserver = yaml.safe_load(texts["homeserver.yaml"])
+    shared = yaml.safe_load(texts["workers.yaml"])
+    secrets = str(tmp_path / "etc" / "secrets")
+    assert homeserver["signing_key_path"] == f"{secrets}/signing.key"
+    assert homeserver["macaroon_secret_key_path"] == f"{secrets}/macaroon_secret_key"
+    assert homeserver["form_secret_path"] == f"{secrets}/form_secret"
+    assert homeserver["registration_shared_secret_path"] == f"{secrets}/registration_shared_secret"
+    assert homeserver["database"]["args"]["passfile"] == f"{secrets}/pgpass"
+    assert "password" not in homeserver["database"]["args"]
+    assert shared["worker_replication_secret_path"] == f"{secrets}/worker_replication_secret"
+    assert shared["redis"]["password_path"] == f"{secrets}/redis_password"
+    assert "password" not in shared["redis"]
+
+
+def test_a_secret_written_inline_is_refused(tmp_path):
+    """--no-secrets-in-config, as the units and validate pass it: extra config cannot inline a secret."""
+    topo = build_topology([], **HOSTS)
+    files = deploy(tmp_path, topo, synapse_main_extra_config={"turn_shared_secret": "inline-turn-secret"})
+    result = synapse_config(files["homeserver.yaml"], files["workers.yaml"], expect_ok=False)
+    assert result.returncode != 0
+    assert "in-line secret" in result.stderr and "turn_shared_secret" in result.stderr
+
+
+def test_the_units_refuse_inline_secrets(tmp_path):
+    topo = build_topology([], **HOSTS)
+    for unit in ("matrix-synapse.service", "matrix-synapse-worker@.service"):
+        text = render(MAIN / "templates" / f"{unit}.j2", topo, tmp_path)
+        (exec_start,) = [line for line in text.splitlines() if line.startswith("ExecStart=")]
+        assert " --no-secrets-in-config " in exec_start, exec_start
+
+
+@pytest.mark.parametrize(
+    ("supplied", "written"),
+    [
+        ("ed25519 a_AbCd " + "B" * 43, "ed25519 a_AbCd " + "B" * 43 + "\n"),
+        ("  ed25519\ta_AbCd   " + "B" * 43 + "\n\n", "ed25519 a_AbCd " + "B" * 43 + "\n"),
+    ],
+)
+def test_a_supplied_key_is_written_as_synapse_writes_one(tmp_path, supplied, written):
+    """One line, single blanks and a final newline: what signedjson's write_signing_keys writes."""
+    topo = build_topology([], **HOSTS)
+    tasks = yaml.safe_load((MAIN / "tasks" / "secrets.yml").read_text())
+    (task,) = [t for t in tasks if t["name"] == "Write the supplied signing key"]
+    content = task["ansible.builtin.copy"]["content"]
+    text = render_expression(content[2:content.index("}}")].strip(), topo, tmp_path, synapse_main_signing_key=supplied)
+    assert text + content[content.index("}}") + 2:] == written
+
+
+def test_unset_secrets_are_generated(tmp_path):
+    topo = build_topology([], **HOSTS)
+    assert render_expression("__synapse_main_signing_key_content", topo, tmp_path) is None
+    assert render_expression("__synapse_main_supplied_secrets", topo, tmp_path) == {
+        "macaroon_secret_key": None, "form_secret": None, "registration_shared_secret": None,
+        "worker_replication_secret": None,
+    }  # fmt: skip
+    supplied = render_expression("__synapse_main_supplied_secrets", topo, tmp_path, **SECRETS)
+    assert supplied["form_secret"] == SECRETS["synapse_main_form_secret"]
+    assert supplied["worker_replication_secret"] == SECRETS["synapse_main_worker_replication_secret"]
+
+
+def render_expression(expression, topo, config_dir, **extra):
+    """A variable of the role as Ansible renders it, with the role's defaults and vars."""
+    loader = DataLoader()
+    variables = {}
+    for path in ("defaults/main.yml", "vars/main.yml"):
+        variables.update(loader.load_from_file(str(MAIN / path), trusted_as_template=True))
+    variables.update(INVENTORY)
+    variables.update(polylith_synapse_deployment=topo, synapse_main_config_dir=str(config_dir), **extra)
+    return Templar(loader=loader, variables=variables).template(trust_as_template("{{ " + expression + " }}"))
