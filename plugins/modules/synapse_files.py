@@ -31,14 +31,17 @@ options:
         path of the temporary file. Run without a shell.
     type: str
 extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
   - ansible.builtin.files
 attributes:
   check_mode:
     support: full
   diff_mode:
     support: full
+  platform:
+    platforms: posix
 author:
-  - polylith.synapse contributors
+  - polylith.synapse contributors (@polylith)
 """
 
 EXAMPLES = r"""

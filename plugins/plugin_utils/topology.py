@@ -471,9 +471,9 @@ def build_topology(
     main = {
         "name": MAIN_INSTANCE,
         "host": main_host,
-        "listeners": [listener for listener, _ in main_listeners],
+        "listeners": [listener for listener, _conf in main_listeners],
         # The `listeners` key of homeserver.yaml.
-        "config": {"listeners": [conf for _, conf in main_listeners]},
+        "config": {"listeners": [conf for _listener, conf in main_listeners]},
     }
 
     expanded = []
@@ -505,7 +505,7 @@ def build_topology(
         config = {
             "worker_app": types[0].worker_app,
             "worker_name": instance["name"],
-            "worker_listeners": [conf for _, conf in worker_listeners],
+            "worker_listeners": [conf for _listener, conf in worker_listeners],
         }
         for worker_type in types:
             config.update(worker_type.worker_settings)
@@ -516,7 +516,7 @@ def build_topology(
                 "types": instance["types"],
                 "worker_app": config["worker_app"],
                 "host": instance["host"],
-                "listeners": [listener for listener, _ in worker_listeners],
+                "listeners": [listener for listener, _conf in worker_listeners],
                 "config": config,
             }
         )
