@@ -13,6 +13,11 @@ from __future__ import annotations
 from ansible_collections.polylith.synapse.plugins.plugin_utils.capacity import (
     capacity_warnings,
 )
+from ansible_collections.polylith.synapse.plugins.plugin_utils.restarts import (
+    DEFAULT_BATCH_SIZE,
+    assignments,
+    restart_batches,
+)
 from ansible_collections.polylith.synapse.plugins.plugin_utils.shared_inputs import (
     input_problems,
 )
@@ -51,6 +56,16 @@ def synapse_capacity_warnings(deployment, host, cores=None, memory_mib=None):
     return capacity_warnings(deployment, host, cores, memory_mib)
 
 
+def synapse_restart_batches(deployment, due=None, size=DEFAULT_BATCH_SIZE):
+    """The workers to restart, in batches; see synapse_restart_batches.yml."""
+    return restart_batches(deployment, due, size)
+
+
+def synapse_assignments(deployment):
+    """Who writes each stream and runs each duty; see synapse_assignments.yml."""
+    return assignments(deployment)
+
+
 class FilterModule:
     """polylith.synapse topology filters."""
 
@@ -62,4 +77,6 @@ class FilterModule:
             "synapse_nginx_routes": synapse_nginx_routes,
             "synapse_input_problems": synapse_input_problems,
             "synapse_capacity_warnings": synapse_capacity_warnings,
+            "synapse_restart_batches": synapse_restart_batches,
+            "synapse_assignments": synapse_assignments,
         }
