@@ -275,6 +275,10 @@ CASES = [
     ("firewall-admits-a-name", {"synapse_firewall_enabled": True}, _nginx_by_name_only,
      ["the firewall of app1 (synapse_firewall_enabled) must admit the host reached at 'proxy1'",
       "8008 (http of main)", "give that host synapse_address (or ansible_host) with its IP address"], []),
+    # Every Synapse host installs the same release
+    ("release-differs-between-hosts", ON_APP2, _host("app2", synapse_main_version="1.162.0"),
+     ["synapse_main_version differs between the Synapse hosts", "app1: role default", "app2: 1.162.0",
+      "Set it once for all of them, e.g. in group_vars/all.yml"], []),
 ]
 
 def _templated_from_other_hosts(inventory):
@@ -288,6 +292,7 @@ GOOD = [
     ("good-spanning-hosts", ON_APP2, None),
     ("good-templated-from-other-hosts", ON_APP2, _templated_from_other_hosts),
     ("good-admin-api-allow-list", {"nginx_admin_api_allowed_clients": ["192.0.2.0/24", "2001:db8::/64"]}, None),
+    ("good-release-for-every-host", {**ON_APP2, "synapse_main_version": "1.163.1"}, None),
 ]
 
 
