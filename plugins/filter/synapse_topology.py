@@ -13,6 +13,11 @@ from __future__ import annotations
 from ansible_collections.polylith.synapse.plugins.plugin_utils.capacity import (
     capacity_warnings,
 )
+from ansible_collections.polylith.synapse.plugins.plugin_utils.restarts import (
+    DEFAULT_BATCH_SIZE,
+    assignments,
+    restart_batches,
+)
 from ansible_collections.polylith.synapse.plugins.plugin_utils.shared_inputs import (
     input_problems,
 )
@@ -59,6 +64,16 @@ def synapse_signing_key_refusal(host, **state):
     return key_refusal(host, **state)
 
 
+def synapse_restart_batches(deployment, due=None, size=DEFAULT_BATCH_SIZE):
+    """The workers to restart, in batches; see synapse_restart_batches.yml."""
+    return restart_batches(deployment, due, size)
+
+
+def synapse_assignments(deployment):
+    """Who writes each stream and runs each duty; see synapse_assignments.yml."""
+    return assignments(deployment)
+
+
 class FilterModule:
     """polylith.synapse topology filters."""
 
@@ -71,4 +86,6 @@ class FilterModule:
             "synapse_input_problems": synapse_input_problems,
             "synapse_capacity_warnings": synapse_capacity_warnings,
             "synapse_signing_key_refusal": synapse_signing_key_refusal,
+            "synapse_restart_batches": synapse_restart_batches,
+            "synapse_assignments": synapse_assignments,
         }

@@ -306,6 +306,10 @@ CASES = [
     ("firewall-admits-a-name", {"synapse_firewall_enabled": True}, _nginx_by_name_only,
      ["the firewall of app1 (synapse_firewall_enabled) must admit the host reached at 'proxy1'",
       "8008 (http of main)", "give that host synapse_address (or ansible_host) with its IP address"], []),
+    # Every Synapse host installs the same release
+    ("release-differs-between-hosts", ON_APP2, _host("app2", synapse_main_version="1.162.0"),
+     ["synapse_main_version differs between the Synapse hosts", "app1: role default", "app2: 1.162.0",
+      "Set it once for all of them, e.g. in group_vars/all.yml"], []),
 ]
 
 def _templated_from_other_hosts(inventory):
@@ -323,6 +327,7 @@ GOOD = [
                                "synapse_main_macaroon_secret_key": "m" * 50, "synapse_main_form_secret": "f" * 50,
                                "synapse_main_registration_shared_secret": "r" * 50,
                                "synapse_main_worker_replication_secret": "w" * 50}, None),
+    ("good-release-for-every-host", {**ON_APP2, "synapse_main_version": "1.163.1"}, None),
 ]
 
 

@@ -145,7 +145,12 @@ def test_a_task_without_a_secret_is_not_flagged():
 
 # Files others may read: systemd's units and tmpfiles.d entries, and the
 # Prometheus scrape config (addresses only, meant to be copied elsewhere).
-OPEN_DESTINATIONS = re.compile(r"\A(?:/etc/systemd/system/|/etc/tmpfiles\.d/|\{\{ synapse_main_prometheus_scrape_file \}\})")
+# Units, the tmpfiles entry, the scrape config (addresses only) and the
+# helper program the units run before Synapse (code, no secret).
+OPEN_DESTINATIONS = re.compile(
+    r"\A(?:/etc/systemd/system/|/etc/tmpfiles\.d/|\{\{ synapse_main_prometheus_scrape_file \}\}"
+    r"|\{\{ __synapse_main_wait_for_database \}\})"
+)
 SYNAPSE_TASK_FILES = sorted([*(ROOT / "roles" / "synapse_main").glob("tasks/*.yml"),
                              *(ROOT / "roles" / "synapse_worker").glob("tasks/*.yml")])  # fmt: skip
 WRITERS = [

@@ -944,6 +944,8 @@ def test_filter_module_exposes_the_topology_and_its_views():
         "synapse_input_problems",
         "synapse_capacity_warnings",
         "synapse_signing_key_refusal",
+        "synapse_restart_batches",
+        "synapse_assignments",
     }
     workers = [{"name": "typing", "types": ["typing"]}, {"name": "sync", "types": ["synchrotron"]}]
     whole = filters["synapse_topology"](workers, **ONE_HOST)
