@@ -14,6 +14,7 @@ from ansible_collections.polylith.synapse.plugins.plugin_utils.capacity import (
     capacity_warnings,
 )
 from ansible_collections.polylith.synapse.plugins.plugin_utils.shared_inputs import (
+    acme_problems,
     input_problems,
 )
 from ansible_collections.polylith.synapse.plugins.plugin_utils.topology import (
@@ -46,6 +47,11 @@ def synapse_input_problems(groups, hostvars=None, deployment=None, host=None, va
     return input_problems(groups, hostvars, deployment, host=host, values=values)
 
 
+def synapse_acme_problems(values):
+    """Problems with the nginx role's ACME settings; see synapse_acme_problems.yml."""
+    return acme_problems(values if isinstance(values, dict) else {})
+
+
 def synapse_capacity_warnings(deployment, host, cores=None, memory_mib=None):
     """How the deployment oversubscribes a host; see synapse_capacity_warnings.yml."""
     return capacity_warnings(deployment, host, cores, memory_mib)
@@ -62,4 +68,5 @@ class FilterModule:
             "synapse_nginx_routes": synapse_nginx_routes,
             "synapse_input_problems": synapse_input_problems,
             "synapse_capacity_warnings": synapse_capacity_warnings,
+            "synapse_acme_problems": synapse_acme_problems,
         }

@@ -743,6 +743,7 @@ def test_filter_module_exposes_the_topology_and_its_views():
         "synapse_nginx_routes",
         "synapse_input_problems",
         "synapse_capacity_warnings",
+        "synapse_acme_problems",
     }
     workers = [{"name": "typing", "types": ["typing"]}, {"name": "sync", "types": ["synchrotron"]}]
     whole = filters["synapse_topology"](workers, **ONE_HOST)
