@@ -11,7 +11,8 @@ a message: it says the password is empty, not a string, or where a control
 character sits. The nginx role's input that nginx would misread or that the
 collection no longer reads (the admin API's allow-list, removed variables) is
 checked here too, so it fails before any host changes rather than in the last
-play. Given the derived deployment as well, it also checks what the
+play; so are, on nginx hosts, its ACME settings (``acme_problems``, which the
+nginx role's preflight also runs as the filter synapse_acme_problems). Given the derived deployment as well, it also checks what the
 deployment asks of those variables (a Redis password once Redis listens on
 TCP, IP addresses where processes meet over TCP, socket paths within the
 UNIX limit, workers only on hosts the playbooks deploy them to).
