@@ -19,6 +19,7 @@ from ansible_collections.polylith.synapse.plugins.plugin_utils.restarts import (
     restart_batches,
 )
 from ansible_collections.polylith.synapse.plugins.plugin_utils.shared_inputs import (
+    acme_problems,
     input_problems,
 )
 from ansible_collections.polylith.synapse.plugins.plugin_utils.signing_key import (
@@ -52,6 +53,11 @@ def synapse_nginx_routes(workers=None, **options):
 def synapse_input_problems(groups, hostvars=None, deployment=None, host=None, values=None):
     """Problems with the shared inventory variables; see synapse_input_problems.yml."""
     return input_problems(groups, hostvars, deployment, host=host, values=values)
+
+
+def synapse_acme_problems(values):
+    """Problems with the nginx role's ACME settings; see synapse_acme_problems.yml."""
+    return acme_problems(values if isinstance(values, dict) else {})
 
 
 def synapse_capacity_warnings(deployment, host, cores=None, memory_mib=None):
@@ -88,4 +94,5 @@ class FilterModule:
             "synapse_signing_key_refusal": synapse_signing_key_refusal,
             "synapse_restart_batches": synapse_restart_batches,
             "synapse_assignments": synapse_assignments,
+            "synapse_acme_problems": synapse_acme_problems,
         }

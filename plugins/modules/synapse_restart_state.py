@@ -42,13 +42,17 @@ options:
   assignments:
     description: The content O(assignments_file) is expected to hold.
     type: str
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
 attributes:
   check_mode:
     support: full
   diff_mode:
     support: none
+  platform:
+    platforms: posix
 author:
-  - polylith.synapse contributors
+  - polylith.synapse contributors (@polylith)
 """
 
 EXAMPLES = r"""

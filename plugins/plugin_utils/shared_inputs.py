@@ -12,7 +12,9 @@ character sits. The nginx role's input that nginx would misread or that the
 collection no longer reads (the admin API's allow-list, removed variables) is
 checked here too, so it fails before any host changes rather than in the last
 play, and so are the synapse_main role's signing key and secrets when the
-operator supplies them (their form, never their values). Given the derived deployment as well, it also checks what the
+operator supplies them (their form, never their values), and, on nginx hosts,
+its ACME settings (``acme_problems``, which the nginx role's preflight also
+runs as the filter synapse_acme_problems). Given the derived deployment as well, it also checks what the
 deployment asks of those variables (a Redis password once Redis listens on
 TCP, IP addresses where processes meet over TCP, socket paths within the
 UNIX limit, workers only on hosts the playbooks deploy them to).
@@ -89,6 +91,17 @@ ALLOWED_CLIENTS_FIX = (
 # What an address or network may be written with: nginx's geo reads nothing
 # else (no netmasks, no zone index such as %eth0).
 CLIENT_RE = re.compile(r"\A[0-9A-Fa-f.:]+(?:/[0-9]{1,3})?\Z")
+
+# ACME (the nginx role's nginx_acme_* variables): Let's Encrypt's directory,
+# named in messages, and what a contact address and a path on the host may be.
+ACME_DEFAULT_DIRECTORY = "https://acme-v02.api.letsencrypt.org/directory"
+ACME_STAGING_DIRECTORY = "https://acme-staging-v02.api.letsencrypt.org/directory"
+EMAIL_RE = re.compile(r"\A[^@\s\"',;]+@[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)+\Z")
+URL_RE = re.compile(r"\Ahttps://[^/\s\"'?#]+(?:/[^\s\"'#]*)?\Z")
+HOST_PATH_RE = re.compile(r"\A(/[A-Za-z0-9._+-]+)+\Z")
+# What YAML and --extra-vars give for a switch.
+TRUE_WORDS = ("true", "yes")
+FALSE_WORDS = ("false", "no")
 
 SERVER_NAME_FIX = (
     "set it to a DNS name such as example.org, an IPv4 address, or an IPv6 "
@@ -428,6 +441,132 @@ def check_allowed_clients(value):
     return problems
 
 
+def _switch(value):
+    """True or False from a boolean or its word (as --extra-vars gives it); None for anything else."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in TRUE_WORDS + FALSE_WORDS:
+        return value.lower() in TRUE_WORDS
+    return None
+
+
+def _given(value):
+    return value is not None and value != ""
+
+
+def acme_problems(values):
+    """The nginx role's ACME settings of one nginx host, as messages; empty when all is well.
+
+    ``values`` holds the host's nginx_acme_enabled, nginx_acme_email,
+    nginx_acme_directory_url, nginx_acme_ca_bundle, nginx_tls_certificate,
+    nginx_tls_certificate_key, nginx_http_port, nginx_server_name and
+    nginx_server_aliases, each None when unset; nginx_server_name falls back
+    to synapse_public_host, then synapse_server_name, and
+    nginx_server_aliases to [synapse_server_name], as the role's defaults do.
+    Nothing but nginx_acme_enabled is checked unless it is on.
+    """
+    name = "nginx_acme_enabled"
+    enabled = _get(values, name)
+    if enabled is None:
+        return []
+    switch = _switch(enabled)
+    if switch is None:
+        return [
+            f"{name} is {show(enabled)}; set it to true (certbot obtains a publicly trusted "
+            "certificate from an ACME server) or false."
+        ]
+    if not switch:
+        return []
+
+    problems = []
+    given = [v for v in ("nginx_tls_certificate", "nginx_tls_certificate_key") if _given(_get(values, v))]
+    if given:
+        problems.append(
+            f"{name} is on and {' and '.join(given)} {'is' if len(given) == 1 else 'are'} set "
+            f"({', '.join(show(_get(values, v)) for v in given)}): the TLS modes exclude each other. "
+            "Unset nginx_tls_certificate and nginx_tls_certificate_key to have certbot obtain the "
+            f"certificate, or set {name} to false to serve your own files."
+        )
+
+    server_name = _get(values, "nginx_server_name")
+    source = "nginx_server_name"
+    if not _given(server_name):
+        source, server_name = "synapse_public_host", _get(values, "synapse_public_host")
+    if not _given(server_name):
+        source, server_name = "synapse_server_name", _get(values, "synapse_server_name")
+    label = "nginx_server_name" if source == "nginx_server_name" else f"nginx_server_name (from {source})"
+    fix = (
+        "set synapse_public_host (or nginx_server_name) to a DNS name that points at the nginx "
+        f"host, or set {name} to false"
+    )
+    if isinstance(server_name, str) and server_name:
+        bare = server_name[1:-1] if server_name.startswith("[") and server_name.endswith("]") else server_name
+        if _ip(bare) is not None:
+            problems.append(
+                f"{label} is {show(server_name)}, an IP address, but ACME certificates (certbot's "
+                f"HTTP challenge) name DNS names only; {fix}."
+            )
+        elif not SYNAPSE_HOST_RE.match(server_name) or "." not in server_name:
+            problems.append(
+                f"{label} is {show(server_name)}, not a DNS name with a domain an ACME server can "
+                f"validate (such as matrix.example.org); {fix}."
+            )
+    elif server_name is not None:
+        problems.append(f"{label} is {show(server_name)}; {fix}.")
+
+    aliases = _get(values, "nginx_server_aliases")
+    if aliases is None:
+        aliases = [_get(values, "synapse_server_name")]
+    if not isinstance(aliases, (list, tuple)):
+        problems.append(
+            f"nginx_server_aliases is a {kind(aliases)}, {show(aliases)}; give a list of host "
+            "names ([] for none)."
+        )
+        aliases = []
+    for index, alias in enumerate(aliases):
+        if alias is None or (isinstance(alias, str) and (_ip(alias) is not None or alias.startswith("["))):
+            continue  # an address: served, but left out of the certificate
+        if not isinstance(alias, str) or not SYNAPSE_HOST_RE.match(alias) or "." not in alias:
+            problems.append(
+                f"nginx_server_aliases[{index}] is {show(alias)}, not a DNS name an ACME server can "
+                "validate over HTTP (no wildcards); give DNS names that point at the nginx host, or "
+                "remove it."
+            )
+
+    url = _get(values, "nginx_acme_directory_url")
+    if url is not None and (not isinstance(url, str) or not URL_RE.match(url)):
+        problems.append(
+            f"nginx_acme_directory_url is {show(url)}; give the ACME server's directory URL over "
+            f"https, e.g. {ACME_DEFAULT_DIRECTORY} (Let's Encrypt, the default) or "
+            f"{ACME_STAGING_DIRECTORY} (its staging server)."
+        )
+
+    email = _get(values, "nginx_acme_email")
+    if _given(email) and (not isinstance(email, str) or not EMAIL_RE.match(email)):
+        problems.append(
+            f"nginx_acme_email is {show(email)}, not an e-mail address; give the address the CA "
+            "may write to about this account (e.g. admin@example.org), or leave it empty to "
+            "register without one."
+        )
+
+    bundle = _get(values, "nginx_acme_ca_bundle")
+    if _given(bundle) and (not isinstance(bundle, str) or not HOST_PATH_RE.match(bundle)):
+        problems.append(
+            f"nginx_acme_ca_bundle is {show(bundle)}; give the absolute path on the nginx host of "
+            "a PEM file with the CA certificate(s) of a private ACME server's HTTPS, e.g. "
+            "/etc/ssl/private-acme-ca.pem, or leave it empty for a public one."
+        )
+
+    http_port = _get(values, "nginx_http_port")
+    if http_port is not None and _whole_number(http_port) == 0:
+        problems.append(
+            f"nginx_http_port is {show(http_port)} (off), but {name} needs nginx's plain-HTTP "
+            "server: the ACME server fetches its challenge from http://<name>/ (port 80). Set "
+            "nginx_http_port to 80 (or to the port that port 80 is forwarded to)."
+        )
+    return problems
+
+
 # What a host may read of another host's variables: its addresses, which
 # inventories give as plain values. Anything else may be a template that only
 # renders in that host's own task context.
@@ -484,7 +623,7 @@ def _inventory_hosts(groups):
     return names
 
 
-def _shared_problems(values, synapse_hosts, main_host):
+def _shared_problems(values, synapse_hosts, main_host, nginx_host=False):
     checks = [
         check_server_name(_get(values, "synapse_server_name")),
         check_public_host(_get(values, "synapse_public_host")),
@@ -506,6 +645,7 @@ def _shared_problems(values, synapse_hosts, main_host):
         # The synapse_main role's signing key, secrets and switch: read on the
         # main host only (other Synapse hosts get copies from it).
         *(secret_problems({name: _get(values, name) for name in SECRET_INPUTS}) if main_host else []),
+        *(acme_problems(values) if nginx_host else []),
     ]
     return [problem for problem in checks if problem]
 
@@ -668,7 +808,7 @@ def input_problems(groups, hostvars, deployment=None, host=None, values=None):
     main = groups[MAIN_GROUP][:1]
     for host in names:
         values = _host_values(hostvars, host)
-        per_host[host] = _shared_problems(values, synapse_hosts, host in main)
+        per_host[host] = _shared_problems(values, synapse_hosts, host in main, nginx_host=host in groups["nginx"])
     problems.extend(_merge(per_host))
     for host in names:
         problem = check_address(host, _get(_host_values(hostvars, host), "synapse_address"))

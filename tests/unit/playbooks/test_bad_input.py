@@ -275,6 +275,30 @@ CASES = [
       "write the network as '2001:db8::/64', or the one address as '2001:db8::1'"], []),
     ("admin-clients-number", {"nginx_admin_api_allowed_clients": [10]}, None,
      ["nginx_admin_api_allowed_clients[0] is a number, 10", "quote it in YAML"], []),
+    # TLS over ACME: exclusive of given files, DNS names only, a challenge on port 80
+    ("acme-flag-word", {"nginx_acme_enabled": "sometimes"}, None,
+     ["nginx_acme_enabled is 'sometimes'", "set it to true"], []),
+    ("acme-and-own-files", {"nginx_acme_enabled": True, "nginx_tls_certificate": "/etc/ssl/m.pem",
+                            "nginx_tls_certificate_key": "/etc/ssl/m.key"}, None,
+     ["nginx_acme_enabled is on and nginx_tls_certificate and nginx_tls_certificate_key are set",
+      "'/etc/ssl/m.pem'", "the TLS modes exclude each other",
+      "Unset nginx_tls_certificate and nginx_tls_certificate_key"], []),
+    ("acme-ip-server-name", {"nginx_acme_enabled": True, "synapse_public_host": "192.0.2.1"}, None,
+     ["nginx_server_name (from synapse_public_host) is '192.0.2.1', an IP address",
+      "set synapse_public_host (or nginx_server_name) to a DNS name"], []),
+    ("acme-ip-nginx-name", {"nginx_acme_enabled": "true", "nginx_server_name": "[2001:db8::1]"}, None,
+     ["nginx_server_name is '[2001:db8::1]', an IP address", "to a DNS name that points at the nginx host"], []),
+    ("acme-wildcard-alias", {"nginx_acme_enabled": True, "nginx_server_aliases": ["*.example.org"]}, None,
+     ["nginx_server_aliases[0] is '*.example.org', not a DNS name", "no wildcards"], []),
+    ("acme-directory-http", {"nginx_acme_enabled": True, "nginx_acme_directory_url": "http://acme.example.org/dir"},
+     None, ["nginx_acme_directory_url is 'http://acme.example.org/dir'", "over https",
+            "https://acme-v02.api.letsencrypt.org/directory"], []),
+    ("acme-email", {"nginx_acme_enabled": True, "nginx_acme_email": "admin at example.org"}, None,
+     ["nginx_acme_email is 'admin at example.org', not an e-mail address", "leave it empty"], []),
+    ("acme-ca-bundle-relative", {"nginx_acme_enabled": True, "nginx_acme_ca_bundle": "pebble.pem"}, None,
+     ["nginx_acme_ca_bundle is 'pebble.pem'", "absolute path on the nginx host"], []),
+    ("acme-no-plain-http", {"nginx_acme_enabled": True, "nginx_http_port": 0}, None,
+     ["nginx_http_port is 0 (off), but nginx_acme_enabled needs", "Set nginx_http_port to 80"], []),
     # The firewall: a flag, and addresses nftables can match
     ("firewall-flag-word", {"synapse_firewall_enabled": "maybe"}, None,
      ["synapse_firewall_enabled of host app1 is 'maybe'", "set it to true or false"], []),
@@ -328,6 +352,10 @@ GOOD = [
                                "synapse_main_registration_shared_secret": "r" * 50,
                                "synapse_main_worker_replication_secret": "w" * 50}, None),
     ("good-release-for-every-host", {**ON_APP2, "synapse_main_version": "1.163.1"}, None),
+    # ACME with DNS names; the lab's address as the server name is an alias left out of the certificate.
+    ("good-acme", {"nginx_acme_enabled": True, "nginx_acme_email": "admin@example.org",
+                   "nginx_server_aliases": ["example.org", "192.0.2.1"]}, None),
+    ("good-acme-off-with-an-address", {"nginx_acme_enabled": "false", "synapse_public_host": "192.0.2.1"}, None),
 ]
 
 

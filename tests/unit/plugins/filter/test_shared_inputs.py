@@ -319,3 +319,96 @@ def test_a_host_checks_its_own_values_and_reads_only_addresses_of_the_others():
     found = si.input_problems(TWO_HOSTS, hostvars, host=host, values=own)
     assert len(found) == 1 and found[0].startswith("synapse_server_name 'bad name'")
     assert si.input_problems(TWO_HOSTS, hostvars, host=host, values=GOOD) == []
+
+
+# --- the nginx role's ACME settings ------------------------------------------------
+
+ACME = {"nginx_acme_enabled": True}
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {},
+        {"nginx_acme_enabled": False, "synapse_public_host": "192.0.2.1", "nginx_http_port": 0},
+        {"nginx_acme_enabled": "no", "nginx_tls_certificate": "/etc/ssl/m.pem"},
+        {**ACME, "synapse_server_name": "example.org"},
+        {**ACME, "synapse_server_name": "10.0.0.1", "synapse_public_host": "matrix.example.org"},
+        {**ACME, "synapse_server_name": "example.org", "nginx_server_name": "matrix.example.org",
+         "nginx_server_aliases": ["example.org", "10.0.0.1", "[2001:db8::1]", "2001:db8::2"],
+         "nginx_acme_email": "admin+matrix@example.org", "nginx_acme_ca_bundle": "/etc/ssl/pebble.minica.pem",
+         "nginx_acme_directory_url": "https://127.0.0.1:14000/dir", "nginx_http_port": "8080",
+         "nginx_tls_certificate": "", "nginx_tls_certificate_key": ""},
+        {"nginx_acme_enabled": "Yes", "synapse_server_name": "example.org", "nginx_server_aliases": []},
+    ],
+)  # fmt: skip
+def test_acme_settings_accepted(values):
+    assert si.acme_problems(values) == []
+    assert FilterModule().filters()["synapse_acme_problems"](values) == []
+
+
+@pytest.mark.parametrize(
+    ("values", "matches"),
+    [
+        ({"nginx_acme_enabled": "on"}, ["nginx_acme_enabled is 'on'; set it to true"]),
+        ({"nginx_acme_enabled": 1}, ["nginx_acme_enabled is 1;"]),
+        ({**ACME, "synapse_server_name": "example.org", "nginx_tls_certificate": "/etc/ssl/m.pem"},
+         ["nginx_acme_enabled is on and nginx_tls_certificate is set ('/etc/ssl/m.pem')",
+          "set nginx_acme_enabled to false to serve your own files"]),
+        ({**ACME, "synapse_server_name": "10.0.0.1"},
+         ["nginx_server_name (from synapse_server_name) is '10.0.0.1', an IP address"]),
+        ({**ACME, "synapse_server_name": "[2001:db8::1]"},
+         ["nginx_server_name (from synapse_server_name) is '[2001:db8::1]', an IP address"]),
+        ({**ACME, "synapse_server_name": "example.org", "nginx_server_name": "localhost"},
+         ["nginx_server_name is 'localhost', not a DNS name with a domain"]),
+        ({**ACME, "synapse_server_name": "example.org", "nginx_server_name": 5},
+         ["nginx_server_name is 5;"]),
+        ({**ACME, "synapse_server_name": "example.org", "nginx_server_aliases": "example.org"},
+         ["nginx_server_aliases is a string, 'example.org'; give a list"]),
+        ({**ACME, "synapse_server_name": "example.org", "nginx_server_aliases": ["ok.example.org", "bad_name.org"]},
+         ["nginx_server_aliases[1] is 'bad_name.org', not a DNS name"]),
+        ({**ACME, "synapse_server_name": "example.org", "nginx_acme_directory_url": "acme-v02.api.letsencrypt.org"},
+         ["nginx_acme_directory_url is 'acme-v02.api.letsencrypt.org'; give the ACME server's directory URL over https"]),
+        ({**ACME, "synapse_server_name": "example.org", "nginx_acme_directory_url": "https://ca.example.org/dir x"},
+         ["nginx_acme_directory_url is 'https://ca.example.org/dir x'"]),
+        ({**ACME, "synapse_server_name": "example.org", "nginx_acme_email": "admin@localhost"},
+         ["nginx_acme_email is 'admin@localhost', not an e-mail address"]),
+        ({**ACME, "synapse_server_name": "example.org", "nginx_acme_email": ["admin@example.org"]},
+         ["nginx_acme_email is ['admin@example.org'], not an e-mail address"]),
+        ({**ACME, "synapse_server_name": "example.org", "nginx_acme_ca_bundle": "/etc/ssl/my ca.pem"},
+         ["nginx_acme_ca_bundle is '/etc/ssl/my ca.pem'; give the absolute path"]),
+        ({**ACME, "synapse_server_name": "example.org", "nginx_http_port": "0"},
+         ["nginx_http_port is '0' (off), but nginx_acme_enabled needs nginx's plain-HTTP server"]),
+    ],
+)  # fmt: skip
+def test_acme_settings_refused(values, matches):
+    found = si.acme_problems(values)
+    # One message per problem; the fragments of one problem may sit in one message.
+    assert 1 <= len(found) <= len(matches), found
+    for match in matches:
+        assert any(match in message for message in found), (match, found)
+
+
+def test_every_acme_problem_is_named():
+    found = si.acme_problems(
+        {**ACME, "synapse_server_name": "10.0.0.1", "nginx_tls_certificate_key": "/k", "nginx_http_port": 0}
+    )
+    assert len(found) == 3, found
+    assert "nginx_tls_certificate_key is set ('/k')" in found[0]
+    assert "'10.0.0.1', an IP address" in found[1]
+    assert "nginx_http_port is 0" in found[2]
+
+
+def test_acme_settings_are_checked_on_nginx_hosts_only():
+    groups = {"synapse_main": ["app1"], "synapse_workers": ["app1"], "nginx": ["edge"]}
+    found = problems(groups, nginx_acme_enabled=True, synapse_public_host="10.0.0.9")
+    assert found == [
+        "on edge: nginx_server_name (from synapse_public_host) is '10.0.0.9', an IP address, but ACME "
+        "certificates (certbot's HTTP challenge) name DNS names only; set synapse_public_host (or "
+        "nginx_server_name) to a DNS name that points at the nginx host, or set nginx_acme_enabled to false."
+    ]
+    # The same values through the first play's filter, host by host.
+    host_check = FilterModule().filters()["synapse_input_problems"]
+    values = {**GOOD, "nginx_acme_enabled": True, "synapse_public_host": "10.0.0.9"}
+    assert host_check(groups, {}, host="app1", values=values) == []
+    assert "is '10.0.0.9', an IP address" in host_check(groups, {}, host="edge", values=values)[0]

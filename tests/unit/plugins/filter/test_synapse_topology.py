@@ -946,6 +946,7 @@ def test_filter_module_exposes_the_topology_and_its_views():
         "synapse_signing_key_refusal",
         "synapse_restart_batches",
         "synapse_assignments",
+        "synapse_acme_problems",
     }
     workers = [{"name": "typing", "types": ["typing"]}, {"name": "sync", "types": ["synchrotron"]}]
     whole = filters["synapse_topology"](workers, **ONE_HOST)
