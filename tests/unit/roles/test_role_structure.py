@@ -91,3 +91,38 @@ def test_the_deployment_is_derived_in_one_place():
         if "polylith.synapse.synapse_topology(" in path.read_text()
     ]
     assert calls == ["roles/_deployment/tasks/main.yml"]
+
+
+def _registered(node):
+    """Every name a task list registers, at any depth (blocks included)."""
+    if isinstance(node, list):
+        for item in node:
+            yield from _registered(item)
+    elif isinstance(node, dict):
+        if isinstance(node.get("register"), str):
+            yield node["register"]
+        for key in ("block", "rescue", "always"):
+            yield from _registered(node.get(key))
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_a_registered_result_never_hides_a_role_variable(role):
+    # A registered name outranks the role's vars: a task registering the name
+    # of a vars/main.yml or defaults entry replaces that value for every later
+    # task (and for the same task's own `when`, once it is skipped).
+    variables = set()
+    for path in (ROOT / "roles" / role).glob("*/main.yml"):
+        if path.parent.name in ("vars", "defaults"):
+            variables |= set(yaml.safe_load(path.read_text()) or {})
+    registered = set()
+    for path in (ROOT / "roles" / role / "tasks").glob("*.yml"):
+        registered |= set(_registered(yaml.safe_load(path.read_text())))
+    assert registered & variables == set()
+
+
+def test_the_registered_names_are_found():
+    # The walk above sees what the roles register (nginx's preflight among them).
+    found = set()
+    for path in (ROOT / "roles").glob("*/tasks/*.yml"):
+        found |= set(_registered(yaml.safe_load(path.read_text())))
+    assert {"__nginx_tls_given_files", "__nginx_acme_ca_bundle_stat"} <= found
