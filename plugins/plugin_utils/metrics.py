@@ -4,15 +4,19 @@
 """Synapse's Prometheus metrics: a listener per process and the scrape config.
 
 With metrics on, the main process and every worker get Synapse's dedicated
-metrics listener (``type: metrics``), a TCP port bound to its host's address
-(``synapse_address``), never a wildcard and never proxied by nginx: the main
-process on ``port`` (default 19090), each worker on ``port_base`` plus its
-place in the worker list (default 19091 on), as Synapse's own Docker image
-numbers them. ``derive_metrics`` returns the topology's ``metrics`` entry:
-the scrape targets per process (host, address, port: what a firewall opens to
-the Prometheus host) and a Prometheus scrape config following Synapse's
-docs/metrics-howto.md (``metrics_path: /_synapse/metrics``, the labels
-``job``, ``index`` and ``instance``).
+metrics listener (``type: metrics``), a TCP port bound to its host's metrics
+address (``synapse_metrics_address``, per host, default 127.0.0.1: nothing
+beyond the host reaches it unless the operator binds it to an address of the
+host that Prometheus reaches), never a wildcard and never proxied by nginx:
+the main process on ``port`` (default 19090), each worker on ``port_base``
+plus its place in the worker list (default 19091 on), as Synapse's own Docker
+image numbers them. ``derive_metrics`` returns the topology's ``metrics``
+entry: the scrape targets per process (host, bind address, port) and a
+Prometheus scrape config following Synapse's docs/metrics-howto.md
+(``metrics_path: /_synapse/metrics``, the labels ``job``, ``index`` and
+``instance``). The optional firewall admits ``allowed_clients``
+(``synapse_metrics_allowed_clients``) to the metrics ports and resets every
+other source (firewall.py).
 
 Plain Python over plain data; build_topology calls it once every listener
 has its port, so a metrics port that clashes with one of them, or with the
@@ -26,6 +30,11 @@ import ipaddress
 from ansible.errors import AnsibleFilterError
 
 from ansible_collections.polylith.synapse.plugins.plugin_utils.shared_inputs import (
+    DEFAULT_METRICS_ADDRESS,
+    METRICS_ADDRESS,
+    METRICS_CLIENTS,
+    check_metrics_address,
+    check_metrics_clients,
     kind,
     show,
 )
@@ -44,6 +53,9 @@ SETTINGS = {
     "enabled": "synapse_metrics_enabled",
     "port": "synapse_metrics_port",
     "port_base": "synapse_metrics_port_base",
+    # Per host: inventory host name to bind address (unset: DEFAULT_METRICS_ADDRESS).
+    "addresses": METRICS_ADDRESS,
+    "allowed_clients": METRICS_CLIENTS,
 }
 # How Ansible writes a boolean that reached the filter as a string (-e x=true).
 TRUE_WORDS = frozenset({"true", "yes", "on"})
@@ -84,18 +96,51 @@ def _port(key, value, default, highest, room=""):
     return port
 
 
-def metrics_settings(given, worker_count):
-    """The metrics option checked: enabled, port and port_base (None keeps a default)."""
+def _addresses(value, hosts):
+    """The per-host bind addresses as given (None or "" keeps the default), by known host."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        _fail(
+            f"metrics addresses must map inventory hosts to their {METRICS_ADDRESS}, got "
+            f"{show(value)}; e.g. {{app1: 10.0.0.2}}."
+        )
+    unknown = sorted(str(host) for host in value if host not in hosts)
+    if unknown:
+        _fail(
+            f"metrics addresses name {', '.join(unknown)}, not among the inventory hosts "
+            f"({', '.join(sorted(hosts))})."
+        )
+    return {host: address for host, address in value.items() if address is not None and address != ""}
+
+
+def _allowed_clients(value):
+    problems = check_metrics_clients(value)
+    if problems:
+        _fail(" ".join(problems))
+    return [str(client) for client in value or []]
+
+
+def metrics_settings(given, worker_count, hosts=()):
+    """The metrics option checked (None keeps a default).
+
+    ``given`` maps enabled, port, port_base, addresses (inventory host to
+    bind address) and allowed_clients to their values; ``hosts`` are the
+    inventory hosts ``addresses`` may name.
+    """
     if given is None:
         given = {}
     if not isinstance(given, dict):
-        _fail(f"metrics must map enabled, port and port_base to their values, got {show(given)}.")
+        keys = list(SETTINGS)
+        _fail(f"metrics must map {', '.join(keys[:-1])} and {keys[-1]} to their values, got {show(given)}.")
     unknown = sorted(str(key) for key in given if key not in SETTINGS)
     if unknown:
         _fail(f"metrics sets {', '.join(unknown)}; it takes {', '.join(SETTINGS)}.")
     room = f", so that each of the {worker_count} workers gets a port from it on" if worker_count > 1 else ""
     return {
         "enabled": _enabled(given.get("enabled")),
+        "addresses": _addresses(given.get("addresses"), hosts),
+        "allowed_clients": _allowed_clients(given.get("allowed_clients")),
         "port": _port("port", given.get("port"), DEFAULT_METRICS_PORT, 65535),
         "port_base": _port(
             "port_base",
@@ -111,17 +156,13 @@ def _bracket(address):
     return f"[{address}]" if ":" in address else address
 
 
-def _check_address(host, address):
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        ip = None
-    if ip is None or ip.is_unspecified:
-        _fail(
-            f"metrics listeners bind to their host's address, but host {host}'s is {show(address)} "
-            "(its synapse_address, else ansible_host, else its inventory name), not an IP address "
-            f"of the host: set synapse_address for {host} to its IP address, e.g. 10.0.0.2."
-        )
+def bind_address(settings, host):
+    """Where ``host`` binds its metrics listeners: its synapse_metrics_address, else loopback."""
+    address = settings["addresses"].get(host, DEFAULT_METRICS_ADDRESS)
+    problem = check_metrics_address(host, address)
+    if problem:
+        _fail(problem)
+    return address
 
 
 def _claim(taken, backend_ports, host, port, owner, variable):
@@ -138,15 +179,15 @@ def _claim(taken, backend_ports, host, port, owner, variable):
     taken[key] = f"the metrics listener of {owner}"
 
 
-def derive_metrics(main, workers, numbers, hosts, settings, taken, backends):
+def derive_metrics(main, workers, numbers, settings, taken, backends):
     """The topology's ``metrics`` entry; with metrics on, adds each process's listener.
 
     ``main`` and ``workers`` are the processes as build_topology builds them
     (their ``config`` gains the metrics listener), ``numbers`` each worker's
-    instance number (1 for a worker of count 1), ``hosts`` the inventory
-    hosts' addresses, ``settings`` what metrics_settings returned, ``taken``
-    the ports the other listeners hold per host and ``backends`` the
-    topology's backends entry.
+    instance number (1 for a worker of count 1), ``settings`` what
+    metrics_settings returned (each host's bind address among them),
+    ``taken`` the ports the other listeners hold per host and ``backends``
+    the topology's backends entry.
     """
     if not settings["enabled"]:
         return {"enabled": False, "targets": [], "scrape_config": None}
@@ -162,8 +203,7 @@ def derive_metrics(main, workers, numbers, hosts, settings, taken, backends):
     targets = []
     for process, job, index, port, variable in processes:
         host = process["host"]
-        address = hosts[host]
-        _check_address(host, address)
+        address = bind_address(settings, host)
         _claim(taken, backend_ports, host, port, process["name"], variable)
         listener = {"type": "metrics", "port": port, "bind_addresses": [address]}
         key = "listeners" if process is main else "worker_listeners"
@@ -174,6 +214,8 @@ def derive_metrics(main, workers, numbers, hosts, settings, taken, backends):
                 "host": host,
                 "address": address,
                 "port": port,
+                # Bound to loopback: only a Prometheus on the same host scrapes it.
+                "loopback": ipaddress.ip_address(address).is_loopback,
                 "types": list(process.get("types", [])),
                 "job": job,
                 "index": index,

@@ -88,9 +88,20 @@ ALLOWED_CLIENTS_FIX = (
     "list IP addresses or CIDR networks, IPv4 or IPv6, e.g. [203.0.113.7, 192.0.2.0/24, "
     "2001:db8::/64] ([] keeps the admin API closed)"
 )
-# What an address or network may be written with: nginx's geo reads nothing
-# else (no netmasks, no zone index such as %eth0).
+# What an address or network may be written with: nginx's geo and nftables
+# read nothing else (no netmasks, no zone index such as %eth0).
 CLIENT_RE = re.compile(r"\A[0-9A-Fa-f.:]+(?:/[0-9]{1,3})?\Z")
+
+# Synapse's metrics listeners: where each host binds them (per host, loopback
+# unless the operator names an address of the host Prometheus reaches), and
+# who the optional firewall admits to their ports.
+METRICS_ADDRESS = "synapse_metrics_address"
+DEFAULT_METRICS_ADDRESS = "127.0.0.1"
+METRICS_CLIENTS = "synapse_metrics_allowed_clients"
+METRICS_CLIENTS_FIX = (
+    "list the IP addresses or CIDR networks Prometheus scrapes from, IPv4 or IPv6, e.g. "
+    "[10.0.0.5, 2001:db8::5] ([] admits no other host: only the host itself)"
+)
 
 # ACME (the nginx role's nginx_acme_* variables): Let's Encrypt's directory,
 # named in messages, and what a contact address and a path on the host may be.
@@ -427,18 +438,53 @@ def _client_problem(entry):
     return None
 
 
-def check_allowed_clients(value):
-    """nginx_admin_api_allowed_clients: a list of IP addresses or CIDR networks (one message per bad entry)."""
+def check_allowed_clients(value, name=ALLOWED_CLIENTS, fix=ALLOWED_CLIENTS_FIX):
+    """A list of IP addresses or CIDR networks (one message per bad entry).
+
+    By default nginx_admin_api_allowed_clients; ``name`` and ``fix`` name
+    another such list (synapse_metrics_allowed_clients).
+    """
     if value is None:
         return []
     if not isinstance(value, (list, tuple)):
-        return [f"{ALLOWED_CLIENTS} is a {kind(value)}, {show(value)}; {ALLOWED_CLIENTS_FIX}."]
+        return [f"{name} is a {kind(value)}, {show(value)}; {fix}."]
     problems = []
     for index, entry in enumerate(value):
         problem = _client_problem(entry)
         if problem:
-            problems.append(f"{ALLOWED_CLIENTS}[{index}] {problem}; {ALLOWED_CLIENTS_FIX}.")
+            problems.append(f"{name}[{index}] {problem}; {fix}.")
     return problems
+
+
+def check_metrics_clients(value):
+    """synapse_metrics_allowed_clients: who the firewall admits to the metrics ports."""
+    return check_allowed_clients(value, METRICS_CLIENTS, METRICS_CLIENTS_FIX)
+
+
+def check_metrics_address(host, value):
+    """synapse_metrics_address of one host: an IP address in canonical form, never a wildcard."""
+    if value is None or value == "":
+        return None
+    name = f"{METRICS_ADDRESS} of host {host}"
+    fix = (
+        f"set it to {DEFAULT_METRICS_ADDRESS} (the default: only {host} itself can scrape), or to "
+        f"an address of {host} that Prometheus reaches, such as its synapse_address, e.g. 10.0.0.2"
+    )
+    if not isinstance(value, str):
+        return f"{name} is a {kind(value)}, {show(value)}; {fix}."
+    address = _ip(value)
+    if address is None:
+        return f"{name} is {show(value)}, not an IP address; {fix}."
+    if address.is_unspecified:
+        return (
+            f"{name} is {show(value)}, a wildcard address, which would answer every network "
+            f"{host} is on; {fix}."
+        )
+    if address.is_multicast:
+        return f"{name} is {show(value)}, a multicast address, which no listener binds to; {fix}."
+    if str(address) != value:
+        return f"{name} is {show(value)}; write it as {str(address)!r} (the form the hosts report)."
+    return None
 
 
 def _switch(value):
@@ -642,6 +688,7 @@ def _shared_problems(values, synapse_hosts, main_host, nginx_host=False):
         check_media_host(_get(values, "synapse_media_host"), synapse_hosts),
         *(check_removed(name, _get(values, name)) for name in REMOVED_VARIABLES),
         *check_allowed_clients(_get(values, ALLOWED_CLIENTS)),
+        *check_metrics_clients(_get(values, METRICS_CLIENTS)),
         # The synapse_main role's signing key, secrets and switch: read on the
         # main host only (other Synapse hosts get copies from it).
         *(secret_problems({name: _get(values, name) for name in SECRET_INPUTS}) if main_host else []),
@@ -700,6 +747,8 @@ def _firewall_problems(deployment, hostvars, only):
             continue
         named = {}
         for rule in rules:
+            if rule["speaks"] == "metrics":
+                continue  # synapse_metrics_allowed_clients, checked with the shared variables
             for source in rule["sources"]:
                 if _ip(source) is None:
                     named.setdefault(source, []).append(f"{rule['port']} ({rule['purpose']})")
@@ -811,7 +860,11 @@ def input_problems(groups, hostvars, deployment=None, host=None, values=None):
         per_host[host] = _shared_problems(values, synapse_hosts, host in main, nginx_host=host in groups["nginx"])
     problems.extend(_merge(per_host))
     for host in names:
-        problem = check_address(host, _get(_host_values(hostvars, host), "synapse_address"))
-        if problem:
-            problems.append(problem)
+        host_values = _host_values(hostvars, host)
+        for problem in (
+            check_address(host, _get(host_values, "synapse_address")),
+            check_metrics_address(host, _get(host_values, METRICS_ADDRESS)),
+        ):
+            if problem:
+                problems.append(problem)
     return problems

@@ -25,6 +25,7 @@ from ansible_collections.polylith.synapse.plugins.plugin_utils.metrics import (
     metrics_settings,
 )
 from ansible_collections.polylith.synapse.plugins.plugin_utils.shared_inputs import (
+    METRICS_ADDRESS,
     kind,
     show,
 )
@@ -330,7 +331,7 @@ def _host_address(hostvars, host):
 
 
 def inventory_layout(groups, hostvars):
-    """main_host, hosts and proxy_hosts read from the inventory groups."""
+    """main_host, hosts, proxy_hosts, backends and metrics addresses read from the inventory."""
     main_hosts = list(groups.get(MAIN_GROUP) or [])
     if not main_hosts:
         _fail(
@@ -360,6 +361,8 @@ def inventory_layout(groups, hostvars):
         "backend_addresses": {
             host: _host_address(hostvars, host) for host in backend_hosts.values()
         },
+        # Where each host binds its metrics listeners (unset: loopback).
+        "metrics_addresses": {host: hostvars[host].get(METRICS_ADDRESS) for host in names},
     }
 
 
@@ -398,8 +401,10 @@ def build_topology(
     and redis. ``backend_settings`` sets the PostgreSQL port, database and
     user and the Redis port (see BACKEND_DEFAULTS); None keeps a default.
     ``media_host`` holds the media store (default: the main host): the media
-    repositories run there. ``metrics`` (enabled, port, port_base) gives
-    every process a metrics listener on its host's address (see metrics.py).
+    repositories run there. ``metrics`` (enabled, port, port_base,
+    addresses, allowed_clients) gives every process a metrics listener on its
+    host's metrics address, loopback unless ``addresses`` (with ``groups``:
+    each host's synapse_metrics_address) names another (see metrics.py).
     """
     if groups is not None:
         layout = inventory_layout(groups, hostvars or {})
@@ -408,6 +413,12 @@ def build_topology(
         proxy_hosts = proxy_hosts or layout["proxy_hosts"]
         backend_hosts = backend_hosts or layout["backend_hosts"]
         backend_addresses = backend_addresses or layout["backend_addresses"]
+        if metrics is None or isinstance(metrics, dict):
+            metrics = dict(metrics or {})
+            given = metrics.get("addresses")
+            if given is None or isinstance(given, dict):
+                # Each host's synapse_metrics_address, unless the option names it.
+                metrics["addresses"] = {**layout["metrics_addresses"], **(given or {})}
     if socket_dir is None:
         socket_dir = DEFAULT_SOCKET_DIR
     if hosts is None:
@@ -530,12 +541,12 @@ def build_topology(
         backend_addresses or {},
         _backend_settings(backend_settings),
     )
+    metrics_given = metrics_settings(metrics, len(expanded), hosts)
     metrics_section = derive_metrics(
         main,
         expanded,
         [instance["number"] for instance in instances],
-        hosts,
-        metrics_settings(metrics, len(expanded)),
+        metrics_given,
         listeners.taken,
         backends,
     )
@@ -558,9 +569,18 @@ def build_topology(
         # The host that holds the media store (and serves media).
         "media_host": media_host,
         "backends": backends,
-        # Per host, the TCP ports only the deployment's hosts may reach (for
-        # the optional firewall).
-        "firewall": guarded_ports([main, *expanded], hosts, proxy_hosts, synapse_hosts, backends),
+        # Per host, the TCP ports only the deployment's hosts (the metrics
+        # ports: only synapse_metrics_allowed_clients) may reach, for the
+        # optional firewall.
+        "firewall": guarded_ports(
+            [main, *expanded],
+            hosts,
+            proxy_hosts,
+            synapse_hosts,
+            backends,
+            metrics_section["targets"],
+            metrics_given["allowed_clients"],
+        ),
         # Each process's metrics listener (host, address, port) and the
         # Prometheus scrape config; empty unless metrics are on.
         "metrics": metrics_section,

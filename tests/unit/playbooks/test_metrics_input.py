@@ -61,13 +61,20 @@ DERIVE_PLAY = [
     }
 ]
 
-# (id, extra vars, what the output must hold): a good case's targets, or a
-# bad case's message fragments.
+# Each host binds its metrics to its own (private) address.
+OWN_ADDRESSES = {"app1": {"synapse_metrics_address": "192.0.2.1"}, "app2": {"synapse_metrics_address": "192.0.2.2"}}
+
+# (id, extra vars, what the output must hold[, host variables]): a good
+# case's targets, or a bad case's message fragments.
 GOOD = [
     ("metrics-on", {"synapse_metrics_enabled": True, "synapse_metrics_port": "9000"},
-     "targets=192.0.2.1:9000,192.0.2.1:19091,192.0.2.2:19092"),
+     "targets=127.0.0.1:9000,127.0.0.1:19091,127.0.0.1:19092"),
     ("metrics-on-from-the-command-line", {"synapse_metrics_enabled": "true"},
-     "targets=192.0.2.1:19090,192.0.2.1:19091,192.0.2.2:19092"),
+     "targets=127.0.0.1:19090,127.0.0.1:19091,127.0.0.1:19092"),
+    ("metrics-on-own-addresses", {"synapse_metrics_enabled": True, "synapse_metrics_allowed_clients": ["192.0.2.50"]},
+     "targets=192.0.2.1:19090,192.0.2.1:19091,192.0.2.2:19092", OWN_ADDRESSES),
+    ("metrics-on-one-own-address", {"synapse_metrics_enabled": True},
+     "targets=127.0.0.1:19090,127.0.0.1:19091,192.0.2.2:19092", {"app2": OWN_ADDRESSES["app2"]}),
     ("metrics-off", {}, "targets="),
 ]  # fmt: skip
 CASES = [
@@ -81,10 +88,13 @@ CASES = [
 ]  # fmt: skip
 
 
-def _run(tmp_path, case_id, extra_vars, playbook=PLAYBOOK):
+def _run(tmp_path, case_id, extra_vars, playbook=PLAYBOOK, host_vars=None):
     case_dir = tmp_path / case_id
     case_dir.mkdir()
-    (case_dir / "inventory.json").write_text(json.dumps(INVENTORY))
+    inventory = json.loads(json.dumps(INVENTORY))
+    for host, values in (host_vars or {}).items():
+        inventory["all"]["hosts"][host].update(values)
+    (case_dir / "inventory.json").write_text(json.dumps(inventory))
     if playbook is None:
         playbook = case_dir / "derive.yml"
         playbook.write_text(json.dumps(DERIVE_PLAY))
@@ -111,7 +121,9 @@ def results(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("metrics-input")
     with ThreadPoolExecutor(2) as pool:
         futures = {case_id: pool.submit(_run, workdir, case_id, extra) for case_id, extra, _ in CASES}
-        futures.update({case_id: pool.submit(_run, workdir, case_id, extra, None) for case_id, extra, _ in GOOD})
+        futures.update(
+            {g[0]: pool.submit(_run, workdir, g[0], g[1], None, g[3] if len(g) > 3 else None) for g in GOOD}
+        )
         return {case_id: future.result() for case_id, future in futures.items()}
 
 

@@ -81,6 +81,51 @@ def test_ipv6_sources_are_matched_as_ipv6():
     assert (rule["ipv4_sources"], rule["ipv6_sources"]) == ([], ["fd00::1"])
 
 
+# Metrics on: the multi-host example with a Prometheus at 10.0.0.5, its
+# network and an IPv6 one allowed; the edge binds its metrics to its private
+# address, the worker hosts keep loopback.
+METRICS_CLIENTS = ["10.0.0.5", "192.0.2.0/24", "2001:db8::/64"]
+METRICS = {"enabled": True, "addresses": {"edge": "10.0.0.10"}, "allowed_clients": METRICS_CLIENTS}
+
+
+def metrics_rules(rules):
+    return {rule["purpose"]: rule for rule in rules if rule["speaks"] == "metrics"}
+
+
+def test_the_metrics_ports_admit_the_allowed_clients_alone():
+    topo = build_topology(WORKERS, metrics=METRICS, **MULTI_HOST)
+    edge = metrics_rules(topo["firewall"]["edge"])
+    assert {purpose: (r["address"], r["port"]) for purpose, r in edge.items()} == {
+        "metrics of main": ("10.0.0.10", 19090),
+        "metrics of persister": ("10.0.0.10", 19091),
+    }
+    assert {purpose: (r["address"], r["port"]) for purpose, r in metrics_rules(topo["firewall"]["wa"]).items()} == {
+        "metrics of sync1": ("127.0.0.1", 19092)
+    }
+    for host in ("edge", "wa", "wb"):
+        for rule in metrics_rules(topo["firewall"][host]).values():
+            # Neither the deployment's hosts nor nginx: the allowed clients only.
+            assert rule["sources"] == sorted(METRICS_CLIENTS)
+            assert rule["ipv4_sources"] == ["10.0.0.5", "192.0.2.0/24"]
+            assert rule["ipv6_sources"] == ["2001:db8::/64"]
+    # Every metrics port of every host is guarded, nothing else changed.
+    guarded = sorted(r["port"] for rules in topo["firewall"].values() for r in metrics_rules(rules).values())
+    assert guarded == sorted(t["port"] for t in topo["metrics"]["targets"])
+    assert metrics_rules(topo["firewall"]["db"]) == {}
+
+
+def test_without_allowed_clients_the_metrics_ports_admit_no_other_host():
+    topo = build_topology(WORKERS, metrics={"enabled": True}, **MULTI_HOST)
+    rules = [r for host_rules in topo["firewall"].values() for r in metrics_rules(host_rules).values()]
+    assert len(rules) == topo["process_count"]
+    assert all((r["sources"], r["ipv4_sources"], r["ipv6_sources"]) == ([], [], []) for r in rules)
+
+
+def test_metrics_off_guards_no_metrics_port():
+    topo = build_topology(WORKERS, metrics={"enabled": False, "allowed_clients": METRICS_CLIENTS}, **MULTI_HOST)
+    assert all(metrics_rules(rules) == {} for rules in topo["firewall"].values())
+
+
 def render_rules(host, topo):
     loader = DataLoader()
     variables = loader.load_from_file(str(ROLE / "vars" / "main.yml"), trusted_as_template=True)
@@ -106,11 +151,34 @@ def test_rules_accept_the_sources_then_reset_everyone_else():
     assert text.index("delete table inet polylith_synapse") < text.index("table inet polylith_synapse {")
 
 
+def test_rules_admit_the_metrics_clients_then_reset_everyone_else():
+    lines = [line.strip() for line in render_rules("edge", build_topology(WORKERS, metrics=METRICS, **MULTI_HOST)).splitlines()]
+    for port in (19090, 19091):
+        accept4 = f"tcp dport {port} ip saddr {{ 10.0.0.5, 192.0.2.0/24 }} accept"
+        accept6 = f"tcp dport {port} ip6 saddr {{ 2001:db8::/64 }} accept"
+        reset = f"tcp dport {port} reject with tcp reset"
+        assert lines.index('iif "lo" accept') < lines.index(accept4) < lines.index(accept6) < lines.index(reset)
+    # No clients: the host itself (loopback) only, every other source reset.
+    lines = [line.strip() for line in render_rules("wa", build_topology(WORKERS, metrics={"enabled": True}, **MULTI_HOST)).splitlines()]
+    assert [line for line in lines if "19092" in line] == ["tcp dport 19092 reject with tcp reset"]
+    assert lines.index('iif "lo" accept') < lines.index("tcp dport 19092 reject with tcp reset")
+
+
+NFT_CASES = {
+    "plain": {},
+    "metrics-allowed": {"metrics": METRICS},
+    "metrics-alone": {"metrics": {"enabled": True}},
+    # Overlapping entries (an address inside an allowed network) are accepted too.
+    "metrics-overlapping": {"metrics": {**METRICS, "allowed_clients": ["192.0.2.0/24", "192.0.2.7", "2001:db8::1"]}},
+}
+
+
 @pytest.mark.skipif(shutil.which("nft") is None, reason="nftables is not installed (tests/run installs it)")
+@pytest.mark.parametrize("case", sorted(NFT_CASES))
 @pytest.mark.parametrize("host", ["db", "edge", "wa"])
-def test_nft_accepts_the_rules(tmp_path, host):
+def test_nft_accepts_the_rules(tmp_path, host, case):
     path = tmp_path / f"{host}.nft"
-    path.write_text(render_rules(host, build_topology(WORKERS, **MULTI_HOST)))
+    path.write_text(render_rules(host, build_topology(WORKERS, **NFT_CASES[case], **MULTI_HOST)))
     result = subprocess.run(["nft", "--check", "--file", str(path)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
 
@@ -149,6 +217,17 @@ def test_a_firewall_cannot_admit_a_host_known_by_name_only():
 
 def test_without_the_firewall_names_are_not_its_business():
     assert problems() == []
+
+
+def test_networks_admitted_to_the_metrics_ports_are_no_problem_for_the_firewall():
+    topo = build_topology(
+        [{"name": "sync", "types": ["synchrotron"], "hosts": ["wa"]}],
+        hosts={"edge": "10.0.0.10", "wa": "10.0.0.31"},
+        main_host="edge",
+        metrics={"enabled": True, "allowed_clients": ["10.0.5.0/24", "2001:db8::/64"]},
+    )
+    hostvars = {"edge": {"synapse_address": "10.0.0.10", "synapse_firewall_enabled": True}, "wa": {}}
+    assert [p for p in input_problems(GROUPS, hostvars, deployment=topo) if "firewall" in p] == []
 
 
 # --- the probe verify runs ----------------------------------------------------

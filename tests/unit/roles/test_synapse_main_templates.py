@@ -97,18 +97,22 @@ def synapse_config(*paths, expect_ok=True):
     return result
 
 
+# (workers, metrics on, the host's synapse_metrics_address: None keeps loopback)
 LAYOUTS = {
-    "monolith": (None, False),
-    "monolith-metrics": (None, True),
-    "workers": (WORKERS, False),
-    "workers-metrics": (WORKERS, True),
+    "monolith": (None, False, None),
+    "monolith-metrics": (None, True, None),
+    "workers": (WORKERS, False, None),
+    "workers-metrics": (WORKERS, True, None),
+    "workers-metrics-private": (WORKERS, True, "10.0.0.1"),
 }
 
 
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
 def test_synapse_accepts_the_rendered_configs(tmp_path, layout):
-    workers, metrics = LAYOUTS[layout]
-    topo = build_topology(workers or [], metrics={"enabled": metrics}, **HOSTS)
+    workers, metrics, address = LAYOUTS[layout]
+    topo = build_topology(
+        workers or [], metrics={"enabled": metrics, "addresses": {"app1": address}}, **HOSTS
+    )
     files = deploy(tmp_path, topo)
     homeserver = yaml.safe_load(files["homeserver.yaml"].read_text())
     shared = yaml.safe_load(files["workers.yaml"].read_text())
@@ -117,7 +121,11 @@ def test_synapse_accepts_the_rendered_configs(tmp_path, layout):
         # enable_metrics reaches Synapse with workers and without.
         assert shared["enable_metrics"] is True
         assert listener_types[-1] == "metrics"
-        assert homeserver["listeners"][-1] == {"type": "metrics", "port": 19090, "bind_addresses": ["10.0.0.1"]}
+        assert homeserver["listeners"][-1] == {
+            "type": "metrics",
+            "port": 19090,
+            "bind_addresses": [address or "127.0.0.1"],
+        }
     else:
         assert "enable_metrics" not in shared
         assert "metrics" not in listener_types
@@ -127,18 +135,22 @@ def test_synapse_accepts_the_rendered_configs(tmp_path, layout):
     for worker in topo["workers"]:
         rendered = yaml.safe_load(files[worker["name"]].read_text())
         assert ("metrics" in [listener["type"] for listener in rendered["worker_listeners"]]) is metrics
+        if metrics:
+            assert rendered["worker_listeners"][-1]["bind_addresses"] == [address or "127.0.0.1"]
         synapse_config(files["homeserver.yaml"], files["workers.yaml"], files[worker["name"]])
 
 
-def test_the_scrape_config_is_the_topologys(tmp_path):
-    topo = build_topology(WORKERS, metrics={"enabled": True}, **HOSTS)
+@pytest.mark.parametrize("address", [None, "10.0.0.1"], ids=["loopback", "private"])
+def test_the_scrape_config_is_the_topologys(tmp_path, address):
+    topo = build_topology(WORKERS, metrics={"enabled": True, "addresses": {"app1": address}}, **HOSTS)
     text = render(MAIN / "templates" / "prometheus-scrape.yml.j2", topo, tmp_path)
     assert text.splitlines()[:3] == ["#", "# Ansible managed: polylith.synapse test", "#"]
     scrape = yaml.safe_load(text)
     assert scrape == topo["metrics"]["scrape_config"]
     (job,) = scrape["scrape_configs"]
+    bound = address or "127.0.0.1"
     assert [static["targets"] for static in job["static_configs"]] == [
-        ["10.0.0.1:19090"], ["10.0.0.1:19091"], ["10.0.0.1:19092"], ["10.0.0.1:19093"], ["10.0.0.1:19094"],
+        [f"{bound}:19090"], [f"{bound}:19091"], [f"{bound}:19092"], [f"{bound}:19093"], [f"{bound}:19094"],
     ]  # fmt: skip
     # Label values stay strings once written (Prometheus refuses numbers).
     assert "index: '1'" in text

@@ -20,6 +20,8 @@ THREE_HOSTS = {
     "hosts": {"app1": "10.0.0.1", "app2": "10.0.0.2", "app3": "10.0.0.3"},
     "main_host": "app1",
 }
+# Metrics bound to each host's private address (synapse_metrics_address per host).
+ON_PRIVATE = {"enabled": True, "addresses": dict(THREE_HOSTS["hosts"])}
 # Workers spread over three hosts, two of them sharing a group name.
 SPREAD = [
     {"name": "writers", "types": ["typing", "to_device"], "hosts": ["app2"]},
@@ -53,8 +55,40 @@ def test_metrics_are_off_by_default(name, metrics):
 # --- on: ports and bind addresses ---------------------------------------------------
 
 
+@pytest.mark.parametrize("metrics", [ON, {"enabled": True, "addresses": {}}, {"enabled": True, "addresses": {"app2": None, "app3": ""}}])
+def test_by_default_every_metrics_listener_binds_to_loopback(metrics):
+    topo = build_topology(SPREAD, metrics=metrics, **THREE_HOSTS)
+    assert topo["shared_config"]["enable_metrics"] is True
+    for process in processes(topo):
+        (listener,) = metrics_listeners(process)
+        assert listener["bind_addresses"] == ["127.0.0.1"], process["name"]
+    targets = topo["metrics"]["targets"]
+    assert [t["target"] for t in targets] == [f"127.0.0.1:{port}" for port in range(19090, 19096)]
+    assert all(t["loopback"] for t in targets)
+    # The scrape config names the same (loopback) targets.
+    static = topo["metrics"]["scrape_config"]["scrape_configs"][0]["static_configs"]
+    assert [c["targets"] for c in static] == [[t["target"]] for t in targets]
+
+
+def test_each_host_binds_its_metrics_to_its_own_address():
+    # app2 names its private address; app1 and app3 keep loopback.
+    topo = build_topology(SPREAD, metrics={"enabled": True, "addresses": {"app2": "10.0.0.2"}}, **THREE_HOSTS)
+    bound = {t["name"]: (t["address"], t["loopback"]) for t in topo["metrics"]["targets"]}
+    assert bound == {
+        "main": ("127.0.0.1", True),
+        "writers": ("10.0.0.2", False),
+        "sync1": ("10.0.0.2", False),
+        "sync2": ("127.0.0.1", True),
+        "sync3": ("10.0.0.2", False),
+        "sender": ("127.0.0.1", True),
+    }
+    # Another loopback address, or IPv6's, is loopback too.
+    topo = build_topology(None, metrics={"enabled": True, "addresses": {"app1": "::1"}}, **ONE_HOST)
+    assert [(t["target"], t["loopback"]) for t in topo["metrics"]["targets"]] == [("[::1]:19090", True)]
+
+
 def test_every_process_gets_a_metrics_listener_on_its_hosts_address():
-    topo = build_topology(SPREAD, metrics=ON, **THREE_HOSTS)
+    topo = build_topology(SPREAD, metrics=ON_PRIVATE, **THREE_HOSTS)
     assert topo["shared_config"]["enable_metrics"] is True
     expected = {
         "main": ("app1", 19090),
@@ -89,13 +123,18 @@ def test_the_metrics_listener_comes_after_the_others():
         assert worker["config"]["worker_listeners"][:-1] == plain["config"]["worker_listeners"]
         assert worker["listeners"] == plain["listeners"]
     assert topo["nginx"] == off["nginx"]
-    assert topo.get("firewall") == off.get("firewall")
+    # The firewall guards the metrics ports besides what it guarded before.
+    for host, rules in topo["firewall"].items():
+        assert [r for r in rules if r["speaks"] != "metrics"] == off["firewall"][host]
+        assert sorted(r["port"] for r in rules if r["speaks"] == "metrics") == sorted(
+            t["port"] for t in topo["metrics"]["targets"] if t["host"] == host
+        )
 
 
 def test_a_monolith_with_metrics():
     topo = build_topology(None, metrics=ON, **ONE_HOST)
     assert topo["shared_config"] == {"enable_metrics": True}
-    assert metrics_listeners(topo["main"]) == [{"type": "metrics", "port": 19090, "bind_addresses": ["10.0.0.1"]}]
+    assert metrics_listeners(topo["main"]) == [{"type": "metrics", "port": 19090, "bind_addresses": ["127.0.0.1"]}]
     assert [t["name"] for t in topo["metrics"]["targets"]] == ["main"]
 
 
@@ -121,13 +160,14 @@ def test_metrics_are_never_proxied():
 
 
 def test_targets_name_each_process_its_host_address_and_port():
-    topo = build_topology(SPREAD, metrics=ON, **THREE_HOSTS)
+    topo = build_topology(SPREAD, metrics=ON_PRIVATE, **THREE_HOSTS)
     targets = topo["metrics"]["targets"]
     assert targets[0] == {
         "name": "main",
         "host": "app1",
         "address": "10.0.0.1",
         "port": 19090,
+        "loopback": False,
         "types": [],
         "job": "master",
         "index": 1,
@@ -138,6 +178,7 @@ def test_targets_name_each_process_its_host_address_and_port():
         "host": "app3",
         "address": "10.0.0.3",
         "port": 19093,
+        "loopback": False,
         "types": ["synchrotron"],
         "job": "sync",
         "index": 2,
@@ -159,7 +200,7 @@ def test_targets_name_each_process_its_host_address_and_port():
 
 
 def test_the_scrape_config_follows_synapses_metrics_howto():
-    topo = build_topology(SPREAD, metrics=ON, **THREE_HOSTS)
+    topo = build_topology(SPREAD, metrics=ON_PRIVATE, **THREE_HOSTS)
     (job,) = topo["metrics"]["scrape_config"]["scrape_configs"]
     assert job["job_name"] == "synapse"
     assert job["metrics_path"] == "/_synapse/metrics"
@@ -186,7 +227,7 @@ def test_ipv6_targets_are_bracketed():
         [{"name": "sync", "types": ["synchrotron"], "hosts": ["app2"]}],
         hosts={"app1": "fd00::1", "app2": "fd00::2"},
         main_host="app1",
-        metrics=ON,
+        metrics={"enabled": True, "addresses": {"app1": "fd00::1", "app2": "fd00::2"}},
     )
     targets = topo["metrics"]["scrape_config"]["scrape_configs"][0]["static_configs"]
     assert [t["targets"] for t in targets] == [["[fd00::1]:19090"], ["[fd00::2]:19091"]]
@@ -196,17 +237,22 @@ def test_ipv6_targets_are_bracketed():
 def test_inventory_groups_and_addresses():
     groups = {"synapse_main": ["app1"], "synapse_workers": ["app1", "app2"], "nginx": ["app1"], "postgres": ["db"]}
     hostvars = {
-        "app1": {"ansible_host": "192.0.2.1", "synapse_address": "10.0.0.1"},
+        "app1": {"ansible_host": "192.0.2.1", "synapse_address": "10.0.0.1", "synapse_metrics_address": "10.0.0.1"},
         "app2": {"ansible_host": "10.0.0.2"},
         "db": {"ansible_host": "10.0.0.9"},
     }
-    topo = build_topology(
-        [{"name": "sync", "types": ["synchrotron"], "hosts": ["app2"]}], groups=groups, hostvars=hostvars, metrics=ON
-    )
+    workers = [{"name": "sync", "types": ["synchrotron"], "hosts": ["app2"]}]
+    topo = build_topology(workers, groups=groups, hostvars=hostvars, metrics=ON)
+    # app1 names its address; app2 names none: loopback, whatever its synapse_address.
     assert [(t["host"], t["target"]) for t in topo["metrics"]["targets"]] == [
         ("app1", "10.0.0.1:19090"),
-        ("app2", "10.0.0.2:19091"),
+        ("app2", "127.0.0.1:19091"),
     ]
+    # The filter option's addresses win over the inventory's.
+    topo = build_topology(
+        workers, groups=groups, hostvars=hostvars, metrics={"enabled": True, "addresses": {"app2": "10.0.0.2"}}
+    )
+    assert [t["target"] for t in topo["metrics"]["targets"]] == ["10.0.0.1:19090", "10.0.0.2:19091"]
 
 
 # --- bad input --------------------------------------------------------------------------
@@ -225,8 +271,25 @@ def test_inventory_groups_and_addresses():
             {"enabled": True, "port_base": 65534},
             r"synapse_metrics_port_base is 65534; give a TCP port from 1024 to 65531, so that each of the 5 workers",
         ),
-        ({"enabled": True, "prot": 9000}, r"metrics sets prot; it takes enabled, port, port_base"),
-        ("yes", r"metrics must map enabled, port and port_base"),
+        ({"enabled": True, "prot": 9000}, r"metrics sets prot; it takes enabled, port, port_base, addresses, allowed_clients"),
+        ("yes", r"metrics must map enabled, port, port_base, addresses and allowed_clients to their values"),
+        (
+            {"enabled": True, "addresses": "10.0.0.2"},
+            r"metrics addresses must map inventory hosts to their synapse_metrics_address, got '10.0.0.2'",
+        ),
+        (
+            {"enabled": True, "addresses": {"app9": "10.0.0.9"}},
+            r"metrics addresses name app9, not among the inventory hosts \(app1, app2, app3\)",
+        ),
+        (
+            {"enabled": True, "allowed_clients": "10.0.0.5"},
+            r"synapse_metrics_allowed_clients is a string, '10.0.0.5'; list the IP addresses or CIDR networks "
+            r"Prometheus scrapes from",
+        ),
+        (
+            {"enabled": True, "allowed_clients": ["10.0.0.5", "prometheus.internal"]},
+            r"synapse_metrics_allowed_clients\[1\] is 'prometheus.internal', not an IP address or CIDR network",
+        ),
         (
             {"enabled": True, "port": 19093},
             r"the metrics listener of sync2 would listen on port 19093 on host 'app1' \(from "
@@ -259,20 +322,34 @@ def test_bad_metrics_settings_are_refused(metrics, message):
         build_topology(workers, metrics=metrics, proxy_hosts=["app3"], **THREE_HOSTS)
 
 
-def test_metrics_bind_to_ip_addresses_only():
-    with pytest.raises(AnsibleFilterError, match=r"host app2's is 'app2.example.org'.*set synapse_address for app2"):
+@pytest.mark.parametrize(
+    ("address", "message"),
+    [
+        ("app2.example.org", r"synapse_metrics_address of host app2 is 'app2.example.org', not an IP address"),
+        ("0.0.0.0", r"synapse_metrics_address of host app2 is '0.0.0.0', a wildcard address"),
+        ("::", r"synapse_metrics_address of host app2 is '::', a wildcard address"),
+        ("10.0.0.2/24", r"synapse_metrics_address of host app2 is '10.0.0.2/24', not an IP address"),
+        (["10.0.0.2"], r"synapse_metrics_address of host app2 is a list, \['10.0.0.2'\]"),
+    ],
+)
+def test_metrics_bind_to_an_ip_address_never_a_wildcard(address, message):
+    with pytest.raises(AnsibleFilterError, match=message + r".*set it to 127.0.0.1 \(the default"):
         build_topology(
             [{"name": "sync", "types": ["synchrotron"], "hosts": ["app2"]}],
-            hosts={"app1": "10.0.0.1", "app2": "app2.example.org"},
-            main_host="app1",
-            metrics=ON,
+            metrics={"enabled": True, "addresses": {"app2": address}},
+            **THREE_HOSTS,
         )
-    # Off, the same layout is left to the other checks.
-    build_topology(
+
+
+def test_a_host_known_by_name_only_still_binds_its_metrics_to_loopback():
+    # Metrics need no address of the host unless it names one.
+    topo = build_topology(
         [{"name": "sync", "types": ["synchrotron"], "hosts": ["app2"]}],
         hosts={"app1": "10.0.0.1", "app2": "app2.example.org"},
         main_host="app1",
+        metrics=ON,
     )
+    assert [t["target"] for t in topo["metrics"]["targets"]] == ["127.0.0.1:19090", "127.0.0.1:19091"]
 
 
 def test_the_filter_passes_metrics_through():

@@ -125,18 +125,33 @@ def _synapse_read(key, *paths):
     return result.stdout
 
 
-def test_synapse_accepts_metrics_listeners_on_every_process(tmp_path):
-    topo = build_topology(MULTI_HOST_WORKERS, metrics={"enabled": True}, **MULTI_HOST)
+@pytest.mark.parametrize(
+    ("addresses", "main_address", "sender2_address"),
+    [
+        # The default: loopback on every host.
+        (None, "127.0.0.1", "127.0.0.1"),
+        # Each host's private address (synapse_metrics_address per host).
+        ({"app1": "10.0.0.1", "app3": "10.0.0.3"}, "10.0.0.1", "10.0.0.3"),
+        # IPv6 loopback on the main host, a private address on app3.
+        ({"app1": "::1", "app3": "10.0.0.3"}, "::1", "10.0.0.3"),
+    ],
+    ids=["loopback", "private", "ipv6-loopback"],
+)
+def test_synapse_accepts_metrics_listeners_on_every_process(tmp_path, addresses, main_address, sender2_address):
+    topo = build_topology(MULTI_HOST_WORKERS, metrics={"enabled": True, "addresses": addresses}, **MULTI_HOST)
     assert _check_all(tmp_path, topo) == 1 + len(topo["workers"])
     homeserver = tmp_path / "homeserver.yaml"
     assert "metrics.enable_metrics: True" in _synapse_read("metrics.enable_metrics", homeserver)
-    # Synapse reads them as its dedicated metrics listeners, on the host's address.
+    # Synapse reads them as its dedicated metrics listeners, on the bind address.
     listeners = _synapse_read("server.listeners", homeserver)
-    assert "TCPListenerConfig(port=19090, bind_addresses=['10.0.0.1'], type='metrics'" in listeners
+    assert f"TCPListenerConfig(port=19090, bind_addresses=['{main_address}'], type='metrics'" in listeners
     target = next(t for t in topo["metrics"]["targets"] if t["name"] == "sender2")
-    assert (target["host"], target["address"]) == ("app3", "10.0.0.3")
+    assert (target["host"], target["address"]) == ("app3", sender2_address)
     worker_listeners = _synapse_read("worker.worker_listeners", homeserver, tmp_path / "sender2.yaml")
-    assert f"TCPListenerConfig(port={target['port']}, bind_addresses=['10.0.0.3'], type='metrics'" in worker_listeners
+    assert (
+        f"TCPListenerConfig(port={target['port']}, bind_addresses=['{sender2_address}'], type='metrics'"
+        in worker_listeners
+    )
 
 
 def test_synapse_accepts_a_monolith_with_metrics(tmp_path):
