@@ -2,7 +2,8 @@
 """Knock on the deployment's internal ports from a host that is not one of its
 Synapse hosts, and judge the answers; prints JSON {"results", "problems"}.
 
-    probe_ports.py [--skip-host HOST] '{"firewall": {...}, "firewalled": {...}}'
+    probe_ports.py [--skip-host HOST] '{"firewall": {...}, "firewalled": {...},
+                                        "metrics": [...], "reach": {...}}'
 
 "firewall" is the deployment's per-host list of guarded ports (the topology's
 `firewall` entry), "firewalled" says per host whether its firewall is on. Prints the results,
@@ -12,6 +13,13 @@ within 3 s) or "open"; where it is open, "answer" says what a client without
 credentials gets: PostgreSQL's error code or authentication request, Redis's
 reply to PING. Nothing is sent beyond that first exchange. A firewalled port
 must refuse; an open PostgreSQL or Redis must refuse the missing credentials.
+
+"metrics" (optional) are the topology's metrics targets, which must not be
+reachable from this host at all: each is knocked on at its host's address in
+"reach" (inventory host to the address this host reaches it at; the target's
+own address otherwise) and must refuse or stay silent for 2 s. The
+firewall's rules for the metrics ports are judged there, not as guarded
+ports: a listener bound to loopback refuses whatever the firewall says.
 Ports of --skip-host (the probing host itself, reached over loopback) are
 left out. Standard library only, so it also runs on a lab host.
 """
@@ -25,6 +33,8 @@ import struct
 import sys
 
 TIMEOUT = 3.0
+# A metrics port must not answer: refused at once, or silent this long.
+CLOSED_TIMEOUT = 2.0
 
 
 def _postgres(sock):
@@ -56,10 +66,10 @@ def _redis(sock):
 SPEAKERS = {"postgres": _postgres, "redis": _redis}
 
 
-def probe(target):
+def probe(target, timeout=TIMEOUT):
     result = dict(target)
     try:
-        sock = socket.create_connection((target["address"], int(target["port"])), timeout=TIMEOUT)
+        sock = socket.create_connection((target["address"], int(target["port"])), timeout=timeout)
     except ConnectionRefusedError:
         result["state"] = "refused"
         return result
@@ -99,6 +109,37 @@ def judge(result, firewalled):
     return None
 
 
+def judge_closed(result):
+    """Why a port that must not be reachable from here is wrong, or None."""
+    if result["state"] in ("refused", "timeout"):
+        return None
+    return (
+        f"{result['purpose']} at {result['address']}:{result['port']} must not be reachable from "
+        f"outside its host, but the connection was {result['state']}"
+    )
+
+
+def probe_metrics(targets, reach, skip_host=None):
+    """Knock on every metrics target's port at its host's address; (results, problems)."""
+    results, problems = [], []
+    for target in targets:
+        if target["host"] == skip_host:
+            continue
+        knock = {
+            "host": target["host"],
+            "purpose": f"metrics of {target['name']}",
+            "address": reach.get(target["host"], target["address"]),
+            "port": target["port"],
+            "speaks": "metrics",
+        }
+        result = probe(knock, CLOSED_TIMEOUT)
+        results.append(result)
+        problem = judge_closed(result)
+        if problem:
+            problems.append(f"{target['host']}: {problem}")
+    return results, problems
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--skip-host", default=None)
@@ -110,6 +151,8 @@ def main():
             continue
         firewalled = bool(args.deployment["firewalled"].get(host))
         for rule in rules:
+            if rule["speaks"] == "metrics":
+                continue  # judged with "metrics" below
             result = probe({**rule, "host": host, "firewalled": firewalled})
             for key in ("sources", "ipv4_sources", "ipv6_sources"):
                 result.pop(key, None)
@@ -117,6 +160,11 @@ def main():
             problem = judge(result, firewalled)
             if problem:
                 problems.append(f"{host}: {problem}")
+    metrics_results, metrics_problems = probe_metrics(
+        args.deployment.get("metrics", []), args.deployment.get("reach", {}), args.skip_host
+    )
+    results += metrics_results
+    problems += metrics_problems
     summary = [
         f"{r['host']} {r['purpose']} {r['address']}:{r['port']} {r['state']} {r.get('answer', '')}".strip()
         for r in results

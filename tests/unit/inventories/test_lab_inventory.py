@@ -54,3 +54,13 @@ def test_the_admin_api_answers_the_controller_alone(monkeypatch, subnet):
     clients = allowed_clients()
     assert clients == [gateway]
     assert si.check_allowed_clients(clients) == []
+
+
+def test_the_lab_exports_metrics_on_loopback_to_no_other_host():
+    """What verify's metrics checks rely on: metrics on, neither bound elsewhere nor admitted from elsewhere."""
+    variables = DataLoader().load_from_file(str(GROUP_VARS))
+    assert variables["synapse_metrics_enabled"] is True
+    assert "synapse_metrics_address" not in variables
+    assert "synapse_metrics_allowed_clients" not in variables
+    for host_vars in (LAB / "inventory").rglob("host_vars/*"):
+        assert "synapse_metrics" not in host_vars.read_text(), host_vars

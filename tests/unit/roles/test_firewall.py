@@ -8,8 +8,10 @@ itself checks the rendered rules (`nft --check`, which changes nothing).
 from __future__ import annotations
 
 import importlib.util
+import json
 import shutil
 import subprocess
+import sys
 
 import pytest
 from ansible.parsing.dataloader import DataLoader
@@ -287,3 +289,73 @@ def test_the_probe_sees_a_refused_port_on_loopback():
         port = sock.getsockname()[1]
     # Bound, not listening, then closed: the kernel resets the connection.
     assert probe.probe({"address": "127.0.0.1", "port": port, "speaks": "redis"})["state"] == "refused"
+
+
+# --- the probe's metrics ports: never reachable from outside their host ------------
+
+
+@pytest.mark.parametrize(
+    ("state", "wrong"),
+    [("refused", False), ("timeout", False), ("open", True), ("error: [Errno 113] No route to host", True)],
+)
+def test_the_probe_wants_metrics_ports_closed(state, wrong):
+    found = {"purpose": "metrics of main", "address": "10.0.0.10", "port": 19090, "speaks": "metrics", "state": state}
+    assert (probe.judge_closed(found) is not None) is wrong
+
+
+def _free_port():
+    with __import__("socket").socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_the_probe_knocks_on_metrics_ports_at_the_hosts_address():
+    import socket
+
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        open_port = listening.getsockname()[1]
+        closed_port = _free_port()
+        targets = [
+            # Bound to loopback on the host; the prober reaches the host at 127.0.0.1 here.
+            {"name": "main", "host": "edge", "address": "127.0.0.1", "port": closed_port},
+            {"name": "sync1", "host": "wa", "address": "127.0.0.1", "port": open_port},
+            {"name": "sync2", "host": "wb", "address": "127.0.0.1", "port": open_port},
+        ]
+        results, problems = probe.probe_metrics(targets, {"edge": "127.0.0.1", "wa": "127.0.0.1"}, skip_host="wb")
+    assert [(r["host"], r["state"]) for r in results] == [("edge", "refused"), ("wa", "open")]
+    assert problems == [
+        f"wa: metrics of sync1 at 127.0.0.1:{open_port} must not be reachable from outside its host, "
+        "but the connection was open"
+    ]
+
+
+def test_the_probe_judges_metrics_rules_as_closed_ports_not_as_guarded_ones():
+    """A metrics port bound to loopback refuses whatever the firewall says: no false alarm."""
+    topo = build_topology(WORKERS, metrics={"enabled": True}, **MULTI_HOST)
+    port = _free_port()
+    for target in topo["metrics"]["targets"]:
+        target["port"] = port
+    for rules in topo["firewall"].values():
+        for rule in rules:
+            rule.update(address="127.0.0.1", port=port)
+    payload = {
+        # Only the metrics rules, on a host without the firewall.
+        "firewall": {host: [r for r in rules if r["speaks"] == "metrics"] for host, rules in topo["firewall"].items()},
+        "firewalled": {},
+        "metrics": topo["metrics"]["targets"],
+        "reach": {host: "127.0.0.1" for host in HOSTS},
+    }
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "lab" / "probe_ports.py"), json.dumps(payload)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["problems"] == []
+    assert len(report["results"]) == topo["process_count"]
+    assert {r["state"] for r in report["results"]} == {"refused"}
+    assert all(r["purpose"].startswith("metrics of ") for r in report["results"])
