@@ -77,7 +77,7 @@ HOST_CA_BUNDLE = "/etc/ssl/lab-runner-ca-bundle.crt"  # path inside a host
 
 BOOT_TIMEOUT = 60  # s, launch to SSH answering on every host
 STOP_TIMEOUT = 30  # s, clean poweroff before forcing it
-REBOOT_TIMEOUT = 90  # s, `systemctl reboot` until the host's nspawn has exited
+REBOOT_TIMEOUT = 150  # s, `systemctl reboot` until nspawn exited (a unit may take systemd's 90 s stop timeout)
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,11}$")  # "vb-" + name must fit IFNAMSIZ
 
 
