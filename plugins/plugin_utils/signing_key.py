@@ -193,7 +193,7 @@ def database_state(output):
     ``unreachable``/``unknown`` a ``detail``.
     """
     text = (output or "").strip()
-    word, _, rest = text.partition(" ")
+    word, _sep, rest = text.partition(" ")
     if word in ("no-server", "no-database", "no-schema") and not rest:
         return {"state": word}
     if word == "data":

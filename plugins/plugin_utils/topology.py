@@ -810,7 +810,7 @@ def _nginx(main, workers):
             fallback = next(
                 (
                     later_upstream
-                    for later_pattern, _, later_group, later_upstream in candidates[index + 1:]
+                    for later_pattern, _later_regex, later_group, later_upstream in candidates[index + 1:]
                     if later_pattern == pattern and not (later_group.methods or later_group.without_arg)
                 ),
                 main_upstream,

@@ -5,6 +5,7 @@
     lab.py down [HOST ...]
     lab.py status [--json]
     lab.py ssh HOST [-- CMD ...]
+    lab.py reboot HOST [HOST ...] [--timeout S]
     lab.py image --release bookworm|trixie      (build/refresh the cached image only)
 
 Python 3 standard library only; run as root on a Debian runner. See README.md.
@@ -76,6 +77,7 @@ HOST_CA_BUNDLE = "/etc/ssl/lab-runner-ca-bundle.crt"  # path inside a host
 
 BOOT_TIMEOUT = 60  # s, launch to SSH answering on every host
 STOP_TIMEOUT = 30  # s, clean poweroff before forcing it
+REBOOT_TIMEOUT = 150  # s, `systemctl reboot` until nspawn exited (a unit may take systemd's 90 s stop timeout)
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,11}$")  # "vb-" + name must fit IFNAMSIZ
 
 
@@ -770,7 +772,9 @@ def remove_cgroups(name: str | None) -> None:
             os.rmdir(root / CGROUP_PARENT)
 
 
-def boot_host(name: str, merged: Path) -> tuple[int, Path]:
+def boot_host(name: str, merged: Path, append: bool = False) -> tuple[int, Path]:
+    """Start systemd-nspawn on the mounted root; append: keep the console log of
+    the boot before (a reboot), else start it afresh."""
     LOGS_DIR.mkdir(parents=True, exist_ok=True)
     console = LOGS_DIR / f"{name}.console.log"
     cmd = ["systemd-nspawn", "-D", str(merged), "-b", "-M", name, f"--hostname={name}",
@@ -782,7 +786,7 @@ def boot_host(name: str, merged: Path) -> tuple[int, Path]:
     # ("Tainted: cgroupsv1"). Give them the unified hierarchy a real server has.
     if any(m == "/sys/fs/cgroup/unified" and t == "cgroup2" for m, t, _ in mounts()):
         env.setdefault("SYSTEMD_NSPAWN_UNIFIED_HIERARCHY", "1")
-    with open(console, "w") as out:
+    with open(console, "a" if append else "w") as out:
         extra = "SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1 " if "SYSTEMD_NSPAWN_UNIFIED_HIERARCHY" in env else ""
         out.write(f"# {extra}{shlex.join(cmd)}\n")
         out.flush()
@@ -935,6 +939,96 @@ def stop_hosts(names: list[str] | None) -> list[str]:
     return sorted(gone | stopped)
 
 
+def reboot_targets(state: dict, names: list[str]) -> dict[str, dict]:
+    """The hosts of names, each known, running and still on its mounted overlay;
+    anything else is refused before any host is touched."""
+    hosts = state.get("hosts", {})
+    unknown = [n for n in names if n not in hosts]
+    if unknown:
+        raise LabError(f"no lab host named {' '.join(unknown)}; known: {' '.join(sorted(hosts)) or 'none'} "
+                       "(see `lab.py status`; `lab.py up` boots hosts).")
+    stopped = [n for n in names if not host_running(hosts[n], n)]
+    if stopped:
+        raise LabError(f"{' '.join(stopped)}: not running (its systemd-nspawn is gone), so there is nothing to "
+                       "reboot; `lab.py up` with its --release and --name boots it afresh, `lab.py down "
+                       f"{' '.join(stopped)}` removes it.")
+    mounted = {m for m, _, _ in mounts()}
+    unmounted = [n for n in names if hosts[n].get("root") not in mounted]
+    if unmounted:
+        raise LabError("the root of " + ", ".join(f"{n} ({hosts[n].get('root')})" for n in unmounted)
+                       + " is no longer mounted, so a reboot would lose the host's files; "
+                       f"`lab.py down {' '.join(unmounted)}` and `lab.py up` again.")
+    return {n: hosts[n] for n in names}
+
+
+def reboot_hosts(state: dict, names: list[str], timeout: float) -> dict[str, float]:
+    """A real reboot of running hosts: `systemctl reboot` inside each, then, once
+    its systemd-nspawn has exited (it exits with 133 when its host reboots and
+    nothing restarts it), nspawn again on the same overlay, which stays mounted
+    (nspawn unmounts only inside its own mount namespace), so the host keeps
+    every file. Returns the seconds each host took to go down."""
+    targets = reboot_targets(state, names)
+    going = {}
+    for n, h in targets.items():
+        console = Path(h["console_log"])
+        going[n] = {"pid": h["pid"], "init": container_init(h["pid"]), "console": console,
+                    "offset": console.stat().st_size if console.is_file() else 0, "seen": None, "forced": False}
+        # Returns once systemd queued the reboot; the connection may drop as the host goes down (255).
+        res = run([*ssh_cmd(n, ["-o", "ConnectTimeout=5"]), "systemctl", "reboot"], 30, check=False)
+        going[n]["ssh"] = f"exit {res.returncode}: {(res.stderr or res.stdout).strip()}"
+        if res.returncode not in (0, 255):
+            raise LabError(f"`systemctl reboot` failed on {n} ({going[n]['ssh']}); see `lab.py ssh {n} -- "
+                           "systemctl status`.")
+    t0 = time.monotonic()
+    final_stage = re.compile(r"reboot\.target")
+    down = {}
+    while len(down) < len(going):
+        now = time.monotonic()
+        for n, g in going.items():
+            if n in down:
+                continue
+            if not pid_alive(g["pid"]):
+                down[n] = now - t0
+                continue
+            # As in stop_hosts: past reboot.target nothing runs any more; a host
+            # still there 3 s later is stuck, and gets an immediate reboot.
+            if g["seen"] is None and g["console"].is_file():
+                with open(g["console"], errors="replace") as f:
+                    f.seek(g["offset"])
+                    if final_stage.search(f.read()):
+                        g["seen"] = now
+            if g["seen"] is not None and now - g["seen"] > 3 and not g["forced"] and g["init"]:
+                log(f"{n}: shutdown stalled after all services stopped; forcing an immediate reboot")
+                g["forced"] = True
+                with contextlib.suppress(ProcessLookupError):  # SIGRTMIN+15: immediate reboot
+                    os.kill(g["init"], signal.SIGRTMIN + 15)
+            if now - t0 > REBOOT_TIMEOUT:
+                raise LabError(f"{n} did not go down within {REBOOT_TIMEOUT}s of `systemctl reboot` (ssh {g['ssh']}); "
+                               f"last console lines:\n{indent(tail(g['console'], 20))}\n"
+                               f"  Full log: {g['console']}. Clean up with `lab.py down {n}`.")
+        time.sleep(0.2)
+    for n, h in targets.items():
+        with open(going[n]["console"], errors="replace") as f:
+            f.seek(going[n]["offset"])
+            if "reboot" not in f.read():
+                log(f"{n}: its console shows no reboot (did it power off instead?); booting it again anyway")
+        # nspawn's veth goes with the host's network namespace, which the kernel
+        # tears down in the background: the new nspawn needs the name free.
+        veth, deadline = f"vb-{n}", time.monotonic() + 5
+        while link_exists(veth) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if link_exists(veth):
+            run(["ip", "link", "delete", veth], 30, check=False)
+        if h["root"] not in {m for m, _, _ in mounts()}:
+            raise LabError(f"the root of {n} ({h['root']}) was unmounted while it rebooted; "
+                           f"`lab.py down {n}` and `lab.py up` again.")
+        pid, _ = boot_host(n, Path(h["root"]), append=True)
+        h.update({"pid": pid, "started": time.time()})
+        save_state(state)  # recorded before waiting, so `down` finds it after any crash
+    wait_for_ssh(state, list(targets), timeout)
+    return down
+
+
 # --------------------------------------------------------------------------
 # Commands
 # --------------------------------------------------------------------------
@@ -1074,6 +1168,21 @@ def cmd_status(args) -> int:
     return 0
 
 
+def cmd_reboot(args) -> int:
+    need_root()
+    names = list(dict.fromkeys(args.hosts))
+    t0 = time.monotonic()
+    with locked(STATE_LOCK, 600, "lab state"):
+        state = load_state()
+        down = reboot_hosts(state, names, args.timeout)
+    hosts = state["hosts"]
+    log("rebooted: " + ", ".join(f"{n} (down in {down[n]:.1f}s)" for n in names)
+        + f"; all answering SSH {time.monotonic() - t0:.1f}s after `systemctl reboot`")
+    for n in names:
+        print(f"{n}\t{hosts[n]['address']}\t{hosts[n]['release']}")
+    return 0
+
+
 def cmd_ssh(args) -> int:
     state = load_state()
     if args.host not in state.get("hosts", {}):
@@ -1108,6 +1217,10 @@ def main(argv=None) -> int:
     ssh.add_argument("host")
     ssh.add_argument("command", nargs=argparse.REMAINDER)
     ssh.set_defaults(func=cmd_ssh)
+    rb = sub.add_parser("reboot", help="reboot running hosts (systemctl reboot inside), keeping their files")
+    rb.add_argument("hosts", nargs="+", metavar="HOST")
+    rb.add_argument("--timeout", type=float, default=BOOT_TIMEOUT, help="seconds to wait for SSH after the boot")
+    rb.set_defaults(func=cmd_reboot)
     im = sub.add_parser("image", help="build (or reuse) the cached image of a release")
     im.add_argument("--release", required=True, choices=RELEASES)
     im.set_defaults(func=cmd_image)

@@ -287,11 +287,23 @@ class Lab:
                 return x509.load_der_x509_certificate(tls.getpeercert(binary_form=True))
 
     def served_changes_from(self, serial):
+        """The certificate nginx serves once a reload has replaced `serial` for good.
+
+        Until the old workers have closed their listeners, a new connection may
+        still reach one of them: wait for five answers in a row with the same
+        new certificate.
+        """
         deadline = time.monotonic() + 30
-        while self.served().serial_number == serial:
-            assert time.monotonic() < deadline, "nginx still serves the old certificate"
-            time.sleep(0.2)
-        return self.served()
+        seen = []
+        while len(seen) < 5:
+            assert time.monotonic() < deadline, f"nginx still serves the old certificate ({len(seen)} new answers)"
+            certificate = self.served()
+            if certificate.serial_number == serial or (seen and certificate.serial_number != seen[0].serial_number):
+                seen = []
+                time.sleep(0.2)
+            else:
+                seen.append(certificate)
+        return seen[-1]
 
     # the role ----------------------------------------------------------------
     def run_role(self, check=False, **overrides):
