@@ -13,11 +13,14 @@ prints one JSON object, for a Molecule verify to compare before and after a run.
   "units": {UNIT: {"active_state", "sub_state", "enabled", "main_pid", "restarts",
                    "started_us": ExecMainStartTimestampMonotonic (the main process's start),
                    "active_since_us": ActiveEnterTimestampMonotonic (when it last became active)}},
-  "files": {PATH: {"sha256", "changed_us"}, or null when PATH does not exist}
+  "files": {PATH: {"sha256", "ctime_ns", "changed_us"}, or null when PATH does not exist}
 }
 
 Every time is on the host's monotonic clock, systemd's own, so they compare
 with each other: a file's change time (its inode's ctime) is converted to it.
+That conversion reads two clocks and may differ by a microsecond between two
+reports; "ctime_ns" is the inode's own change time, exact, to tell whether a
+file changed between them.
 A time systemd never recorded is 0. Standard library only, so it runs on a
 lab host (ansible.builtin.script).
 """
@@ -81,10 +84,11 @@ def file_state(path: str, now_us: int, now_epoch: float) -> dict | None:
     try:
         with open(path, "rb") as handle:
             digest = hashlib.sha256(handle.read()).hexdigest()
-        changed = os.stat(path).st_ctime
+        status = os.stat(path)
     except OSError:
         return None
-    return {"sha256": digest, "changed_us": now_us - round((now_epoch - changed) * 1_000_000)}
+    return {"sha256": digest, "ctime_ns": status.st_ctime_ns,
+            "changed_us": now_us - round((now_epoch - status.st_ctime) * 1_000_000)}
 
 
 def read_boot_id() -> str:

@@ -77,8 +77,23 @@ def test_a_file_change_time_lands_on_the_monotonic_clock(tmp_path):
     now_epoch = changed + 12.5  # read 12.5 s after the change
     state = us.file_state(str(path), 100_000_000, now_epoch)
     assert state["changed_us"] == 100_000_000 - 12_500_000
+    assert state["ctime_ns"] == os.stat(path).st_ctime_ns
     assert state["sha256"] == hashlib.sha256(b"server_name: x\n").hexdigest()
     assert us.file_state(str(tmp_path / "missing"), 1, 1.0) is None
+
+
+def test_an_untouched_file_reads_the_same_change_time_every_time(tmp_path):
+    path = tmp_path / "homeserver.yaml"
+    path.write_text("server_name: x\n")
+    # Two reports a while apart: the monotonic conversion may move by a
+    # microsecond, the inode's own change time may not.
+    first = us.file_state(str(path), 100_000_000, time.time())
+    second = us.file_state(str(path), 100_000_000 + 3_333_333, time.time() + 3.333333)
+    assert (first["sha256"], first["ctime_ns"]) == (second["sha256"], second["ctime_ns"])
+    # Touched (even to the same times, as the restart module does), it moves.
+    time.sleep(0.05)
+    os.utime(path, ns=(os.stat(path).st_atime_ns, os.stat(path).st_mtime_ns))
+    assert us.file_state(str(path), 1, time.time())["ctime_ns"] > first["ctime_ns"]
 
 
 def test_the_checksum_follows_the_content(tmp_path):
