@@ -37,7 +37,6 @@ from matrix_client_check import (  # noqa: E402 - the sibling module, found thro
     Actor,
     CheckFailed,
     Clock,
-    OverallTimeout,
     Recorder,
     RedactingFilter,
     StepResult,
@@ -46,10 +45,9 @@ from matrix_client_check import (  # noqa: E402 - the sibling module, found thro
     describe,
     make_client,
     make_png,
-    redact,
+    run_steps,
 )
 
-import aiohttp  # noqa: E402 - after the sibling module checked it is there
 import nio  # noqa: E402
 from nio.api import ReceiptType  # noqa: E402
 from nio.event_builders import ToDeviceMessage  # noqa: E402
@@ -278,37 +276,6 @@ STEPS: list[tuple[str, str, Callable[[Ctx], Awaitable[str]], tuple[str, ...]]] =
 ]
 
 
-async def run_steps(ctx: Ctx, results: list[StepResult]) -> None:
-    by_id = {r.id: r for r in results}
-    for (sid, _title, func, needs), res in zip(STEPS, results):
-        ctx.recorder.step = sid
-        started = time.monotonic()
-        missing = [n for n in needs if by_id[n].status != "PASS"]
-        if missing:
-            res.status, res.detail = "FAIL", f"skipped: needs {', '.join(missing)}"
-            continue
-        try:
-            if ctx.clock.remaining() <= 0:
-                raise OverallTimeout("overall timeout reached")
-            res.detail = await func(ctx)
-            res.status = "PASS"
-        except (CheckFailed, OverallTimeout) as exc:
-            res.status, res.detail = "FAIL", str(exc)
-        except asyncio.TimeoutError:
-            res.status, res.detail = "FAIL", "request timed out"
-        except (aiohttp.ClientError, OSError, ssl.SSLError) as exc:
-            res.status, res.detail = "FAIL", f"transport error: {type(exc).__name__}: {exc}"
-        except Exception as exc:  # a bug or an unexpected answer shape
-            res.status, res.detail = "FAIL", f"{type(exc).__name__}: {exc}"
-        finally:
-            res.seconds = time.monotonic() - started
-        bad = ctx.recorder.step_unrecognized(sid)
-        if bad:
-            res.status = "FAIL"
-            res.detail = "M_UNRECOGNIZED from " + ", ".join(f"{r['method']} {r['path']}" for r in bad) + "; " + res.detail
-        res.detail = redact(res.detail)
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Federation check between two homeservers (matrix-nio).")
     p.add_argument("--url-a", required=True, help="client base URL of the first server, https://HOST")
@@ -344,7 +311,7 @@ async def amain(args: argparse.Namespace) -> int:
     results = [StepResult(sid, title) for sid, title, _f, _n in STEPS]
     ctx = Ctx(args, recorder, clock)
     try:
-        await asyncio.wait_for(run_steps(ctx, results), timeout=args.timeout)
+        await asyncio.wait_for(run_steps(ctx, results, STEPS), timeout=args.timeout)
     except asyncio.TimeoutError:
         pass
     finally:

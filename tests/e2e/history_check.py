@@ -43,7 +43,6 @@ from matrix_client_check import (  # noqa: E402 - the sibling module, found thro
     V3,
     CheckFailed,
     Clock,
-    OverallTimeout,
     Recorder,
     RedactingFilter,
     StepResult,
@@ -52,10 +51,9 @@ from matrix_client_check import (  # noqa: E402 - the sibling module, found thro
     describe,
     make_client,
     q,
-    redact,
+    run_steps,
 )
 
-import aiohttp  # noqa: E402 - after the sibling module checked it is there
 import nio  # noqa: E402
 
 RECORD_VERSION = 1
@@ -400,37 +398,6 @@ STEPS: dict[str, list[Step]] = {
 }
 
 
-async def run_steps(s: Session, steps: list[Step], results: list[StepResult]) -> None:
-    by_id = {r.id: r for r in results}
-    for (sid, _title, func, needs), res in zip(steps, results):
-        s.recorder.step = sid
-        missing = [n for n in needs if by_id[n].status != "PASS"]
-        if missing:
-            res.status, res.detail = "FAIL", f"skipped: needs {', '.join(missing)}"
-            continue
-        started = time.monotonic()
-        try:
-            if s.clock.remaining() <= 0:
-                raise OverallTimeout("overall timeout reached")
-            res.detail = await func(s)
-            res.status = "PASS"
-        except (CheckFailed, OverallTimeout) as exc:
-            res.status, res.detail = "FAIL", str(exc)
-        except asyncio.TimeoutError:
-            res.status, res.detail = "FAIL", f"request timed out (--request-timeout {s.args.request_timeout:.0f}s)"
-        except (aiohttp.ClientError, OSError, ssl.SSLError) as exc:
-            res.status, res.detail = "FAIL", f"transport error: {type(exc).__name__}: {exc}"
-        except Exception as exc:  # a bug or an unexpected answer shape
-            res.status, res.detail = "FAIL", f"{type(exc).__name__}: {exc}"
-        finally:
-            res.seconds = time.monotonic() - started
-        bad = s.recorder.step_unrecognized(sid)
-        if bad:
-            res.status = "FAIL"
-            res.detail = "M_UNRECOGNIZED from " + ", ".join(f"{r['method']} {r['path']}" for r in bad) + "; " + res.detail
-        res.detail = redact(res.detail)
-
-
 # --------------------------------------------------------------------------
 # Command line
 # --------------------------------------------------------------------------
@@ -479,7 +446,7 @@ async def amain(args: argparse.Namespace, record: dict | None) -> int:
     steps = STEPS[args.mode]
     results = [StepResult(sid, title) for sid, title, _f, _n in steps]
     try:
-        await asyncio.wait_for(run_steps(s, steps, results), timeout=args.timeout)
+        await asyncio.wait_for(run_steps(s, results, steps), timeout=args.timeout)
     except asyncio.TimeoutError:
         pass
     finally:

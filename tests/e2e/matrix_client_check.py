@@ -1057,9 +1057,13 @@ class StepResult:
     seconds: float = 0.0
 
 
-async def run_steps(ctx: Ctx, results: list[StepResult]) -> None:
+async def run_steps(ctx: Any, results: list[StepResult], steps: list | None = None) -> None:
+    """Runs each step (id, title, coroutine function, ids it needs) in order,
+    STEPS unless given, filling its result. ``ctx`` is what the steps take; it
+    has the ``recorder``, ``clock`` and ``args`` (``request_timeout``) this
+    reads. The sibling checks run their own steps through it."""
     by_id = {r.id: r for r in results}
-    for (sid, _title, func, needs), res in zip(STEPS, results):
+    for (sid, _title, func, needs), res in zip(STEPS if steps is None else steps, results):
         ctx.recorder.step = sid
         started = time.monotonic()
         missing = [n for n in needs if by_id[n].status != "PASS"]
