@@ -19,12 +19,31 @@ description:
     the file and the target keeps its old content. Then it replaces the target
     atomically.
   - One task for all of a host's Synapse workers, where a loop of
-    M(ansible.builtin.template) costs a round trip to the host per worker.
+    M(ansible.builtin.template) costs a round trip to the host per worker;
+    likewise for directories, where a loop of M(ansible.builtin.file) costs
+    one per directory.
 options:
   files:
     description: The files to write, each target path mapped to its content.
     type: dict
-    required: true
+    default: {}
+  directories:
+    description:
+      - Directories to create (with their missing parents) before the files
+        are written, in the order given. The owner, group and mode apply to
+        these directories, not to the parents created on the way.
+    type: list
+    elements: path
+    default: []
+    version_added: 0.2.0
+  force:
+    description:
+      - When false, a file that already exists keeps its content (only its
+        owner, group and mode are put right): for a content written once,
+        such as a generated secret.
+    type: bool
+    default: true
+    version_added: 0.2.0
   validate:
     description:
       - A command checking a new content before it goes live; C(%s) is the
@@ -57,7 +76,9 @@ EXAMPLES = r"""
 
 RETURN = r"""
 changed_files:
-  description: The paths whose content, owner, group or mode changed (or would, in check mode).
+  description:
+    - The paths whose content, owner, group or mode changed (or would, in check mode),
+      directories included.
   returned: always
   type: list
   elements: str
@@ -112,16 +133,34 @@ def write(module, target, content):
 
 def main():
     module = AnsibleModule(
-        argument_spec={"files": {"type": "dict", "required": True}, "validate": {"type": "str"}},
+        argument_spec={
+            "files": {"type": "dict", "default": {}},
+            "directories": {"type": "list", "elements": "path", "default": []},
+            "force": {"type": "bool", "default": True},
+            "validate": {"type": "str"},
+        },
         add_file_common_args=True,
         supports_check_mode=True,
     )
     changed_files, diffs = [], []
+    for directory in module.params["directories"]:
+        if not os.path.isabs(directory):
+            module.fail_json(msg=f"directories: {directory!r} is not an absolute path")
+        if not os.path.isdir(directory):
+            changed_files.append(directory)
+            if not module.check_mode:
+                os.makedirs(directory)
+                module.set_fs_attributes_if_different(module.load_file_common_arguments(module.params, path=directory), False)
+            continue
+        if module.set_fs_attributes_if_different(module.load_file_common_arguments(module.params, path=directory), False):
+            changed_files.append(directory)
     for target in sorted(module.params["files"]):
         if not os.path.isabs(target):
             module.fail_json(msg=f"files: {target!r} is not an absolute path")
         content = to_bytes(module.params["files"][target])
         current = read(target)
+        if current is not None and not module.params["force"]:
+            current = content  # kept as it is; only the attributes below
         if current != content:
             changed_files.append(target)
             if module._diff:

@@ -93,3 +93,39 @@ def test_relative_paths_and_a_validate_without_the_file_are_refused(tmp_path):
     result = run(tmp_path, files={str(tmp_path / "a.yaml"): "x"}, validate="/bin/true")
     assert "validate must name the file to check as %s" in result["msg"]
     assert not (tmp_path / "a.yaml").exists()
+
+
+def test_directories_are_created_with_the_asked_mode_before_the_files(tmp_path):
+    config = tmp_path / "etc" / "app"
+    logs = config / "log"
+    result = run(tmp_path, directories=[str(config), str(logs)],
+                 files={str(logs / "main.yaml"): "x: 1\n"}, mode="0750")
+    assert result["changed_files"] == [str(config), str(logs), str(logs / "main.yaml")]
+    assert mode(config) == 0o750 and mode(logs) == 0o750
+    assert (logs / "main.yaml").read_text() == "x: 1\n"
+    os.chmod(logs, 0o755)
+    again = run(tmp_path, directories=[str(config), str(logs)], mode="0750")
+    assert again["changed_files"] == [str(logs)] and mode(logs) == 0o750
+    assert run(tmp_path, directories=[str(config), str(logs)], mode="0750")["changed"] is False
+
+
+def test_check_mode_creates_no_directory(tmp_path):
+    wanted = tmp_path / "new"
+    result = run(tmp_path, check_mode=True, directories=[str(wanted)], mode="0750")
+    assert result["changed_files"] == [str(wanted)] and not wanted.exists()
+    assert "not an absolute path" in run(tmp_path, directories=["relative"])["msg"]
+
+
+def test_without_force_an_existing_content_is_kept_and_a_missing_file_written(tmp_path):
+    kept, missing = tmp_path / "secret_a", tmp_path / "secret_b"
+    kept.write_text("first value")
+    os.chmod(kept, 0o644)
+    result = run(tmp_path, force=False, mode="0640",
+                 files={str(kept): "another value", str(missing): "fresh value"})
+    assert result["changed_files"] == [str(kept), str(missing)]
+    assert kept.read_text() == "first value" and mode(kept) == 0o640
+    assert missing.read_text() == "fresh value" and mode(missing) == 0o640
+    again = run(tmp_path, force=False, mode="0640",
+                files={str(kept): "a third value", str(missing): "a fourth value"})
+    assert again["changed"] is False
+    assert kept.read_text() == "first value" and missing.read_text() == "fresh value"
