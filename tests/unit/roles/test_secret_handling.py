@@ -12,6 +12,7 @@ their text, not the values in them.
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -60,13 +61,26 @@ def _module(task):
     return next((key for key in task if "." in key and key.split(".")[0] in ("ansible", "polylith", "community")), None)
 
 
+LOOKED_UP = re.compile(r"lookup\('ansible\.builtin\.template', '([^']+)'")
+
+
 def _template_text(path, task):
-    """The source of the template a template task renders, if it is a file of its role."""
+    """The sources of the templates a task renders (ansible.builtin.template's src, or
+    each template lookup, e.g. for synapse_files), and of those they look up, if files
+    of its role."""
     module = task.get("ansible.builtin.template")
-    if not isinstance(module, dict) or "{{" in str(module.get("src")):
-        return ""
-    source = path.parent.parent / "templates" / module["src"]
-    return source.read_text() if source.exists() else ""
+    names = [module["src"]] if isinstance(module, dict) and "{{" not in str(module.get("src")) else []
+    names += LOOKED_UP.findall(json.dumps(_printed(task), default=str))
+    texts, seen = [], set()
+    while names:
+        name = names.pop()
+        source = path.parent.parent / "templates" / name
+        if name in seen or not source.exists():
+            continue
+        seen.add(name)
+        texts.append(source.read_text())
+        names += LOOKED_UP.findall(texts[-1])
+    return "\n".join(texts)
 
 
 def _printed(task):
@@ -106,7 +120,8 @@ def test_the_detector_finds_the_tasks_that_handle_secrets():
     # Guards the rule below against matching nothing.
     names = {task.get("name") for _path, task in SECRET_TASKS}
     assert {
-        "Write the supplied secrets and generate the missing ones once",
+        "Write the supplied secrets",
+        "Generate the missing secrets once",
         "Write the supplied signing key",
         "Read the secrets and the signing key from the main host",
         "Copy the main host's secrets and signing key",
@@ -139,6 +154,12 @@ def test_a_task_without_a_secret_is_not_flagged():
     assert handles_secret(ROOT / "roles" / "redis" / "tasks" / "preflight.yml", check)
     pgpass = {"name": "x", "ansible.builtin.template": {"src": "pgpass.j2", "dest": "/x"}}
     assert handles_secret(ROOT / "roles" / "synapse_main" / "tasks" / "configure.yml", pgpass)
+    looked_up = {"name": "x", "polylith.synapse.synapse_files": {
+        "files": "{{ {'/x': lookup('ansible.builtin.template', 'pgpass.j2')} }}"}}
+    assert handles_secret(ROOT / "roles" / "synapse_main" / "tasks" / "configure.yml", looked_up)
+    units = {"name": "x", "polylith.synapse.synapse_files": {
+        "files": "{{ lookup('ansible.builtin.template', 'system_files.json.j2') | from_json }}"}}
+    assert not handles_secret(ROOT / "roles" / "synapse_main" / "tasks" / "configure.yml", units)
 
 
 # --- file modes of the Synapse roles ------------------------------------------
@@ -147,10 +168,29 @@ def test_a_task_without_a_secret_is_not_flagged():
 # Prometheus scrape config (addresses only, meant to be copied elsewhere).
 # Units, the tmpfiles entry, the scrape config (addresses only) and the
 # helper program the units run before Synapse (code, no secret).
+# A path as a task's dest, or as the key of a synapse_files entry (an
+# expression in the task or in the *_files.json.j2 template it looks up).
 OPEN_DESTINATIONS = re.compile(
-    r"\A(?:/etc/systemd/system/|/etc/tmpfiles\.d/|\{\{ synapse_main_prometheus_scrape_file \}\}"
-    r"|\{\{ __synapse_main_wait_for_database \}\})"
+    r"\A(?:\{\{ )?\(?['\"]?(?:/etc/systemd/system/|/etc/tmpfiles\.d/|synapse_main_prometheus_scrape_file\b"
+    r"|__synapse_main_wait_for_database\b)"
 )
+# The key of each entry of a synapse_files task's files: in an inline
+# dictionary, or on its own line of the *_files.json.j2 template it looks up.
+INLINE_KEYS = re.compile(r"[{,]\s*([^{},:]+?):\s*(?:lookup\(|\w)")
+TEMPLATE_KEYS = re.compile(r"^\s*(\S.*?)(?: \| to_json \}\})?:(?: \{\{|$)", re.M)
+
+
+def _destinations(path, args):
+    """Where a file-writing task writes: its dest or path, or its synapse_files keys."""
+    destination = args.get("dest") or args.get("path")
+    if destination or "files" not in args:
+        return [str(destination or "")]
+    files = str(args["files"])
+    listing = re.search(r"lookup\('ansible\.builtin\.template', '(\w+_files\.json\.j2)'\)", files)
+    if listing:
+        text = (path.parent.parent / "templates" / listing.group(1)).read_text()
+        return [key for key in TEMPLATE_KEYS.findall(text) if not key.startswith(("{#", "{%"))]
+    return INLINE_KEYS.findall(files.strip()[2:-2].strip())
 SYNAPSE_TASK_FILES = sorted([*(ROOT / "roles" / "synapse_main").glob("tasks/*.yml"),
                              *(ROOT / "roles" / "synapse_worker").glob("tasks/*.yml")])  # fmt: skip
 WRITERS = [
@@ -173,8 +213,22 @@ def test_synapse_files_are_closed_to_others(case):
     args = task[_module(task)]
     mode = args.get("mode")
     assert isinstance(mode, str) and re.fullmatch(r"0[0-7]{3}", mode), f"mode {mode!r} is not a quoted octal string"
-    destination = str(args.get("dest") or args.get("path") or "")
+    destinations = _destinations(path, args)
+    destination = destinations[0] if len(destinations) == 1 else ""
     if mode[-1] != "0":
-        assert OPEN_DESTINATIONS.match(destination), f"{destination or 'these files'} would be open to others ({mode})"
+        assert destinations and all(destinations), "the files it writes are found"
+        for each in destinations:
+            assert OPEN_DESTINATIONS.match(each), f"{each} would be open to others ({mode})"
     if _module(task) != "ansible.builtin.file" or args.get("state") == "directory" or destination:
         assert args.get("owner") and args.get("group"), "owner and group are set"
+
+
+def test_the_destinations_of_synapse_files_tasks_are_found():
+    configure = ROOT / "roles" / "synapse_main" / "tasks" / "configure.yml"
+    units = {"files": "{{ lookup('ansible.builtin.template', 'system_files.json.j2') | from_json }}"}
+    found = _destinations(configure, units)
+    assert len(found) == 3 and all(OPEN_DESTINATIONS.match(each) for each in found), found
+    inline = {"files": "{{ {synapse_main_prometheus_scrape_file: lookup('ansible.builtin.template', 'x.j2')} }}"}
+    assert _destinations(configure, inline) == ["synapse_main_prometheus_scrape_file"]
+    closed = {"files": "{{ {__synapse_main_secrets_dir ~ '/pgpass': lookup('ansible.builtin.template', 'pgpass.j2')} }}"}
+    assert not any(OPEN_DESTINATIONS.match(each) for each in _destinations(configure, closed))

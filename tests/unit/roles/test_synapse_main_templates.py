@@ -162,7 +162,8 @@ def test_the_scrape_config_path_is_a_documented_role_variable():
     tasks = yaml.safe_load((MAIN / "tasks" / "configure.yml").read_text())
     by_name = {task["name"]: task for task in tasks}
     written = by_name["Write the Prometheus scrape config"]
-    assert written["ansible.builtin.template"]["mode"] == "0644"
+    assert written["polylith.synapse.synapse_files"]["mode"] == "0644"
+    assert "{synapse_main_prometheus_scrape_file: " in written["polylith.synapse.synapse_files"]["files"]
     assert written["when"] == "__synapse_main_on_main_host and __synapse_main_metrics.enabled"
     removed = by_name["Remove the Prometheus scrape config while metrics are off"]
     assert removed["ansible.builtin.file"]["state"] == "absent"
