@@ -13,6 +13,9 @@ from __future__ import annotations
 from ansible_collections.polylith.synapse.plugins.plugin_utils.capacity import (
     capacity_warnings,
 )
+from ansible_collections.polylith.synapse.plugins.plugin_utils.postgres_memory import (
+    postgres_memory,
+)
 from ansible_collections.polylith.synapse.plugins.plugin_utils.restarts import (
     DEFAULT_BATCH_SIZE,
     assignments,
@@ -65,6 +68,11 @@ def synapse_capacity_warnings(deployment, host, cores=None, memory_mib=None):
     return capacity_warnings(deployment, host, cores, memory_mib)
 
 
+def synapse_postgres_memory(deployment, host, memory_mib=None, max_connections=None):
+    """PostgreSQL's memory settings for a host; see synapse_postgres_memory.yml."""
+    return postgres_memory(deployment, host, memory_mib, max_connections)
+
+
 def synapse_signing_key_refusal(host, **state):
     """Why a run must not give the server a new signing key; see synapse_signing_key_refusal.yml."""
     return key_refusal(host, **state)
@@ -91,6 +99,7 @@ class FilterModule:
             "synapse_nginx_routes": synapse_nginx_routes,
             "synapse_input_problems": synapse_input_problems,
             "synapse_capacity_warnings": synapse_capacity_warnings,
+            "synapse_postgres_memory": synapse_postgres_memory,
             "synapse_signing_key_refusal": synapse_signing_key_refusal,
             "synapse_restart_batches": synapse_restart_batches,
             "synapse_assignments": synapse_assignments,
