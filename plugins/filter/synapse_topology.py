@@ -11,6 +11,7 @@ of the same name beside this one.
 from __future__ import annotations
 
 from ansible_collections.polylith.synapse.plugins.plugin_utils.capacity import (
+    cache_autotuning,
     capacity_warnings,
 )
 from ansible_collections.polylith.synapse.plugins.plugin_utils.postgres_memory import (
@@ -73,6 +74,11 @@ def synapse_postgres_memory(deployment, host, memory_mib=None, max_connections=N
     return postgres_memory(deployment, host, memory_mib, max_connections)
 
 
+def synapse_cache_autotuning(deployment, host, memory_mib=None, share=None):
+    """Each Synapse process's cache memory ceiling on a host; see synapse_cache_autotuning.yml."""
+    return cache_autotuning(deployment, host, memory_mib, share)
+
+
 def synapse_signing_key_refusal(host, **state):
     """Why a run must not give the server a new signing key; see synapse_signing_key_refusal.yml."""
     return key_refusal(host, **state)
@@ -100,6 +106,7 @@ class FilterModule:
             "synapse_input_problems": synapse_input_problems,
             "synapse_capacity_warnings": synapse_capacity_warnings,
             "synapse_postgres_memory": synapse_postgres_memory,
+            "synapse_cache_autotuning": synapse_cache_autotuning,
             "synapse_signing_key_refusal": synapse_signing_key_refusal,
             "synapse_restart_batches": synapse_restart_batches,
             "synapse_assignments": synapse_assignments,

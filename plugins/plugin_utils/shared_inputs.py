@@ -322,6 +322,15 @@ def check_pool_max(value):
     return None
 
 
+def check_jemalloc(value):
+    if value is None or _switch(value) is not None:
+        return None
+    return (
+        f"synapse_jemalloc is {show(value)}; set it to true (every Synapse process runs with "
+        "jemalloc, the default) or false."
+    )
+
+
 def check_system_user(value):
     if value is None:
         return None
@@ -681,6 +690,7 @@ def _shared_problems(values, synapse_hosts, main_host, nginx_host=False):
         check_identifier("synapse_database_name", _get(values, "synapse_database_name")),
         check_identifier("synapse_database_user", _get(values, "synapse_database_user")),
         check_pool_max(_get(values, "synapse_database_pool_max")),
+        check_jemalloc(_get(values, "synapse_jemalloc")),
         check_system_user(_get(values, "synapse_system_user")),
         check_socket_dir(_get(values, "synapse_socket_dir")),
         check_preset(_get(values, "synapse_worker_preset")),

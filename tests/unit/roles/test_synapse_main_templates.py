@@ -10,6 +10,7 @@ the topology it was rendered from.
 
 from __future__ import annotations
 
+import ast
 import os
 import subprocess
 import sys
@@ -263,3 +264,100 @@ def render_expression(expression, topo, config_dir, **extra):
     variables.update(INVENTORY)
     variables.update(polylith_synapse_deployment=topo, synapse_main_config_dir=str(config_dir), **extra)
     return Templar(loader=loader, variables=variables).template(trust_as_template("{{ " + expression + " }}"))
+
+
+# --- jemalloc and the cache memory budget -------------------------------------------
+
+FACTS = {"architecture": "x86_64", "memtotal_mb": 8192}
+
+
+def synapse_read(key, *paths):
+    """A setting as Synapse parsed it (`python -m synapse.config read KEY`)."""
+    args = [sys.executable, "-m", "synapse.config", "read", key, "--no-secrets-in-config"]
+    for path in paths:
+        args += ["-c", str(path)]
+    result = subprocess.run(
+        args, capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONWARNINGS": "ignore"}
+    )
+    assert result.returncode == 0, result.stderr or result.stdout
+    return result.stdout
+
+
+def test_synapse_takes_the_hosts_cache_budget(tmp_path):
+    """8 GiB beside PostgreSQL, main and four workers: 8192 x 0.5 / 5 MiB each, in homeserver.yaml."""
+    topo = build_topology(WORKERS, **HOSTS)
+    files = deploy(tmp_path, topo, ansible_facts=FACTS)
+    homeserver = yaml.safe_load(files["homeserver.yaml"].read_text())
+    assert homeserver["caches"] == {
+        "cache_autotuning": {"max_cache_memory_usage": "819M", "target_cache_memory_usage": "614M", "min_cache_ttl": "5m"}
+    }
+    # Every process reads homeserver.yaml: each worker starts with the same ceiling.
+    for worker in topo["workers"]:
+        assert "caches" not in yaml.safe_load(files[worker["name"]].read_text())
+    # As Synapse's cache expiry reads it: bytes and milliseconds.
+    output = synapse_read("caches.cache_autotuning", files["homeserver.yaml"], files["workers.yaml"], files["sync1"])
+    assert ast.literal_eval(output.split("caches.cache_autotuning: ", 1)[1]) == {
+        "max_cache_memory_usage": 819 * 2**20,
+        "target_cache_memory_usage": 614 * 2**20,
+        "min_cache_ttl": 300_000,
+    }, output
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"synapse_jemalloc": False, "ansible_facts": FACTS},
+        {"ansible_facts": {"architecture": "x86_64"}},  # memory unknown
+        {},  # no facts at all
+    ],
+    ids=["jemalloc-off", "no-memory-fact", "no-facts"],
+)
+def test_no_budget_without_jemalloc_or_the_hosts_memory(tmp_path, extra):
+    topo = build_topology(WORKERS, **HOSTS)
+    files = deploy(tmp_path, topo, **extra)
+    assert "caches" not in yaml.safe_load(files["homeserver.yaml"].read_text())
+    synapse_config(files["homeserver.yaml"], files["workers.yaml"])
+
+
+def test_the_share_is_a_role_variable(tmp_path):
+    topo = build_topology([], **HOSTS)
+    files = deploy(tmp_path, topo, ansible_facts=FACTS, synapse_main_cache_memory_share=0.25)
+    autotuning = yaml.safe_load(files["homeserver.yaml"].read_text())["caches"]["cache_autotuning"]
+    assert autotuning["max_cache_memory_usage"] == "2048M"
+
+
+def test_the_operators_caches_win(tmp_path):
+    topo = build_topology([], **HOSTS)
+    # Other cache settings are merged with the budget ...
+    files = deploy(tmp_path, topo, ansible_facts=FACTS, synapse_main_extra_config={"caches": {"global_factor": 2.0}})
+    caches = yaml.safe_load(files["homeserver.yaml"].read_text())["caches"]
+    assert caches["global_factor"] == 2.0
+    assert caches["cache_autotuning"]["max_cache_memory_usage"] == "4096M"
+    synapse_config(files["homeserver.yaml"], files["workers.yaml"])
+    # ... an own cache_autotuning replaces it whole, and null turns it off.
+    own = {"max_cache_memory_usage": "1G", "target_cache_memory_usage": "800M", "min_cache_ttl": "1m"}
+    for value in (own, None):
+        files = deploy(
+            tmp_path, topo, ansible_facts=FACTS, synapse_main_extra_config={"caches": {"cache_autotuning": value}}
+        )
+        caches = yaml.safe_load(files["homeserver.yaml"].read_text())["caches"]
+        assert caches == {"cache_autotuning": value}
+        synapse_config(files["homeserver.yaml"], files["workers.yaml"])
+
+
+@pytest.mark.parametrize(
+    ("facts", "library"),
+    [
+        ({"architecture": "x86_64"}, "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"),
+        ({"architecture": "armv7l"}, "/usr/lib/arm-linux-gnueabihf/libjemalloc.so.2"),
+        ({"architecture": "mips"}, None),
+        ({}, None),
+    ],
+)
+def test_the_library_path_follows_the_architecture(tmp_path, facts, library):
+    """An architecture the role does not know leaves no path; preflight refuses it while jemalloc is on."""
+    topo = build_topology([], **HOSTS)
+    assert render_expression("__synapse_main_jemalloc_library", topo, tmp_path, ansible_facts=facts) == library
+    (check,) = yaml.safe_load((MAIN / "tasks" / "jemalloc_check.yml").read_text())
+    assert check["ansible.builtin.assert"]["that"] == "__synapse_main_jemalloc_library is not none"
+    assert check["when"] == "synapse_main_jemalloc | bool"

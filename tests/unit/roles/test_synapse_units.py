@@ -4,7 +4,8 @@ systemd judges them (`systemd-analyze verify`, which checks every setting and
 that each command exists) and the tests read back what the day-two
 behaviour rests on: restart after a crash within the 5 s budget, a start
 limit, no start timeout that could kill a schema migration, workers ordered
-after main without depending on it, the database wait before each start.
+after main without depending on it, the database wait before each start,
+jemalloc preloaded into every process.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ HEALTH_BUDGET_SECONDS = 5
 init_plugin_loader()
 
 
-def render_units(tmp_path):
+def render_units(tmp_path, **extra):
     """The three unit files as the role writes them, pointing at commands that exist here."""
     venv = tmp_path / "venv"
     (venv / "bin").mkdir(parents=True)
@@ -57,7 +58,9 @@ def render_units(tmp_path):
         synapse_main_config_dir=str(tmp_path / "etc"),
         synapse_main_data_dir=str(tmp_path / "data"),
         __synapse_main_helper_dir=str(helper_dir),
+        ansible_facts={"architecture": "x86_64"},
     )
+    variables.update(extra)
     templar = Templar(loader=loader, variables=variables)
     unit_dir = tmp_path / "units"
     unit_dir.mkdir()
@@ -154,3 +157,30 @@ def test_the_target_pulls_every_process_in_at_boot_and_stops_them(units):
     for name in ("matrix-synapse.service", "matrix-synapse-worker@.service"):
         assert parsed[name]["Install"]["WantedBy"] == ["matrix-synapse.target"]
         assert parsed[name]["Unit"]["PartOf"] == ["matrix-synapse.target"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "preload"),
+    [
+        ({}, "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"),
+        ({"ansible_facts": {"architecture": "aarch64"}}, "/usr/lib/aarch64-linux-gnu/libjemalloc.so.2"),
+        ({"synapse_jemalloc": False}, None),
+        # Off, the architecture does not matter.
+        ({"synapse_jemalloc": False, "ansible_facts": {}}, None),
+    ],
+    ids=["amd64", "arm64", "off", "off-without-facts"],
+)
+def test_every_process_runs_with_jemalloc_unless_turned_off(tmp_path, extra, preload):
+    unit_dir = render_units(tmp_path, **extra)
+    for name in ("matrix-synapse.service", "matrix-synapse-worker@.service"):
+        environment = parse(unit_dir / name)["Service"].get("Environment", [])
+        assert environment == ([f"LD_PRELOAD={preload}"] if preload else []), name
+
+
+def test_the_unit_files_are_inputs_of_their_processes():
+    """A changed unit (jemalloc turned on or off) restarts the processes it runs."""
+    loader = DataLoader()
+    main_vars = loader.load_from_file(str(MAIN / "vars" / "main.yml"))
+    assert "/etc/systemd/system/matrix-synapse.service" in main_vars["__synapse_main_units"]["matrix-synapse.service"]
+    worker_vars = (ROOT / "roles" / "synapse_worker" / "vars" / "main.yml").read_text()
+    assert "['/etc/systemd/system/matrix-synapse-worker@.service']" in worker_vars

@@ -1,4 +1,4 @@
-"""Capacity warnings: Synapse processes per host against its cores and memory."""
+"""Capacity: Synapse processes per host against its cores and memory, and their cache budget."""
 
 from __future__ import annotations
 
@@ -8,10 +8,15 @@ import re
 import subprocess
 from pathlib import Path
 
+import pytest
+from ansible.errors import AnsibleFilterError
+
 from ansible_collections.polylith.synapse.plugins.filter.synapse_topology import (
+    FilterModule,
     synapse_capacity_warnings,
 )
 from ansible_collections.polylith.synapse.plugins.plugin_utils.capacity import (
+    cache_autotuning,
     capacity_warnings,
     synapse_processes,
 )
@@ -88,6 +93,66 @@ def test_the_filter_passes_its_options_through():
     assert synapse_capacity_warnings(topo, "app1", cores=2, memory_mib=8192) == capacity_warnings(
         topo, "app1", 2, 8192
     )
+
+
+# --- each process's cache memory ceiling -----------------------------------------
+
+
+def test_the_host_memory_is_shared_among_its_processes():
+    # seed002 on one host: main and 12 workers, PostgreSQL beside them (half the memory).
+    topo = build_topology(preset="seed002", **ONE_HOST)
+    assert cache_autotuning(topo, "app1", 8192) == {
+        "max_cache_memory_usage": "315M",  # 8192 x 0.5 / 13
+        "target_cache_memory_usage": "236M",
+        "min_cache_ttl": "5m",
+    }
+
+
+def test_the_monolith_gets_the_whole_share():
+    topo = build_topology(preset="monolith", **ONE_HOST)
+    assert cache_autotuning(topo, "app1", 4096)["max_cache_memory_usage"] == "2048M"
+    assert cache_autotuning(topo, "app1", 4096, share=0.25)["max_cache_memory_usage"] == "1024M"
+
+
+def test_a_host_without_postgres_gives_synapse_more():
+    topo = build_topology(
+        [{"name": "sync", "types": ["synchrotron"], "count": 4, "hosts": ["app2"]}],
+        **TWO_HOSTS,
+    )
+    assert topo["backends"]["postgres"]["host"] == "app1"
+    # app1: main beside PostgreSQL; app2: four workers alone (0.7 of 4000 / 4).
+    assert cache_autotuning(topo, "app1", 4000)["max_cache_memory_usage"] == "2000M"
+    assert cache_autotuning(topo, "app2", 4000) == {
+        "max_cache_memory_usage": "700M",
+        "target_cache_memory_usage": "525M",
+        "min_cache_ttl": "5m",
+    }
+
+
+def test_nothing_to_share_out_leaves_autotuning_out():
+    topo = build_topology(preset="seed002", **ONE_HOST)
+    assert cache_autotuning(topo, "app1", None) is None
+    assert cache_autotuning(topo, "app1", 0) is None
+    assert cache_autotuning(topo, "db1", 8192) is None
+
+
+@pytest.mark.parametrize("share", [0, 1.5, -0.1, "half", True, [0.5]])
+def test_a_share_outside_zero_to_one_is_refused(share):
+    topo = build_topology(preset="monolith", **ONE_HOST)
+    with pytest.raises(AnsibleFilterError, match=r"memory share must be a number above 0 and at most 1"):
+        cache_autotuning(topo, "app1", 4096, share=share)
+
+
+def test_a_share_written_as_text_is_read_as_a_number():
+    topo = build_topology(preset="monolith", **ONE_HOST)
+    assert cache_autotuning(topo, "app1", 4096, share="1")["max_cache_memory_usage"] == "4096M"
+
+
+def test_the_cache_filter_passes_its_options_through():
+    topo = build_topology(preset="seed002", **ONE_HOST)
+    autotune = FilterModule().filters()["synapse_cache_autotuning"]
+    assert autotune(topo, "app1", memory_mib=8192, share=0.6) == cache_autotuning(topo, "app1", 8192, 0.6)
+    assert autotune(topo, "app1") is None
 
 
 # --- the role's task, as Ansible runs it -----------------------------------------

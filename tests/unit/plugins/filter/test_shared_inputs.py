@@ -40,7 +40,7 @@ def test_good_values_pass():
     assert problems(
         synapse_public_host="matrix.example.org", synapse_max_upload_size="100M",
         synapse_database_port="5433", synapse_redis_port=6380, synapse_database_name="matrix",
-        synapse_database_user="matrix_user", synapse_database_pool_max=20,
+        synapse_database_user="matrix_user", synapse_database_pool_max=20, synapse_jemalloc=False,
         synapse_system_user="synapse", synapse_socket_dir="/run/synapse/", synapse_media_host="app1",
         synapse_worker_preset="one-of-each", synapse_workers=[], synapse_address="10.0.0.1",
     ) == []  # fmt: skip
@@ -158,6 +158,8 @@ def test_the_redis_password_is_optional_until_redis_listens_on_tcp():
         ("synapse_database_user", "Synapse", "SQL identifier"),
         ("synapse_database_pool_max", -1, "whole number"),
         ("synapse_database_pool_max", "1.5", "whole number"),
+        ("synapse_jemalloc", "maybe", "set it to true"),
+        ("synapse_jemalloc", 1, "set it to true"),
         ("synapse_system_user", "root", "not root"),
         ("synapse_system_user", "Synapse", "lower-case"),
         ("synapse_socket_dir", "relative/dir", "absolute path"),

@@ -944,6 +944,7 @@ def test_filter_module_exposes_the_topology_and_its_views():
         "synapse_input_problems",
         "synapse_capacity_warnings",
         "synapse_postgres_memory",
+        "synapse_cache_autotuning",
         "synapse_signing_key_refusal",
         "synapse_restart_batches",
         "synapse_assignments",
