@@ -48,6 +48,16 @@ def ratio(a, b):
         return None
     return round(a / b, 2)
 
+# What the collection tunes by default, turned off: PostgreSQL at the fixed
+# sizes it used before it sized them from the host's RAM.
+UNTUNED = {
+    "synapse_jemalloc": False,
+    "postgres_shared_buffers": "256MB",
+    "postgres_effective_cache_size": "1GB",
+    "postgres_work_mem": "8MB",
+    "postgres_maintenance_work_mem": "128MB",
+}
+
 # The layouts compared, by name: a preset, or a worker list of the bench's own.
 LAYOUTS = {
     "monolith": {"synapse_workers": []},
@@ -59,8 +69,11 @@ LAYOUTS = {
         ]
     },
     "seed002": {"synapse_worker_preset": "seed002", "synapse_workers": None},
+    # The monolith without the collection's tuning: no jemalloc (so no cache
+    # budget) and PostgreSQL's memory at fixed sizes instead of sized from RAM.
+    "monolith-untuned": {"synapse_workers": [], **UNTUNED},
 }
-DEFAULT_LAYOUTS = ["monolith", "sync", "sync+persister", "seed002"]
+DEFAULT_LAYOUTS = ["monolith", "monolith-untuned", "sync", "sync+persister", "seed002"]
 WORKER_COUNTS = (4, 16, 40)
 
 # What the load needs of Synapse beyond the lab's settings: its senders and
@@ -265,6 +278,9 @@ def report(results: dict) -> str:
         "and the load generator shares its cores.",
         f"- Load: {results['load_params']}.",
         *[f"- {note}" for note in results.get("notes", [])],
+        *(["- Every layout runs with the collection's tuning (jemalloc with Synapse's caches budgeted from "
+           "the host's RAM, PostgreSQL's memory sized from RAM) except monolith-untuned: no jemalloc, "
+           "PostgreSQL at fixed sizes (shared_buffers 256MB)."] if "monolith-untuned" in results.get("loads", {}) else []),
         "",
     ]
     loads = results.get("loads", {})
