@@ -57,8 +57,14 @@ def memory_settings(settings):
     return {name: settings[name] for name in FALLBACK}
 
 
-def test_sized_from_the_hosts_ram_and_its_synapse_processes(tmp_path):
+def test_fixed_by_default_even_with_the_hosts_ram_known(tmp_path):
     result, settings = render(tmp_path, True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert memory_settings(settings) == FALLBACK
+
+
+def test_sized_from_the_hosts_ram_and_its_synapse_processes(tmp_path):
+    result, settings = render(tmp_path, True, postgres_memory_from_ram=True)
     assert result.returncode == 0, result.stdout + result.stderr
     memtotal = int(re.search(r"memtotal_mb=(\d+)", result.stdout).group(1))
     # main and two synchrotrons on this host, 3 x 10 + 20 connections.

@@ -286,7 +286,7 @@ def synapse_read(key, *paths):
 def test_synapse_takes_the_hosts_cache_budget(tmp_path):
     """8 GiB beside PostgreSQL, main and four workers: 8192 x 0.5 / 5 MiB each, in homeserver.yaml."""
     topo = build_topology(WORKERS, **HOSTS)
-    files = deploy(tmp_path, topo, ansible_facts=FACTS)
+    files = deploy(tmp_path, topo, ansible_facts=FACTS, synapse_jemalloc=True)
     homeserver = yaml.safe_load(files["homeserver.yaml"].read_text())
     assert homeserver["caches"] == {
         "cache_autotuning": {"max_cache_memory_usage": "819M", "target_cache_memory_usage": "614M", "min_cache_ttl": "5m"}
@@ -307,10 +307,11 @@ def test_synapse_takes_the_hosts_cache_budget(tmp_path):
     "extra",
     [
         {"synapse_jemalloc": False, "ansible_facts": FACTS},
-        {"ansible_facts": {"architecture": "x86_64"}},  # memory unknown
-        {},  # no facts at all
+        {"ansible_facts": FACTS},  # jemalloc off by default
+        {"synapse_jemalloc": True, "ansible_facts": {"architecture": "x86_64"}},  # memory unknown
+        {"synapse_jemalloc": True},  # no facts at all
     ],
-    ids=["jemalloc-off", "no-memory-fact", "no-facts"],
+    ids=["jemalloc-off", "jemalloc-off-by-default", "no-memory-fact", "no-facts"],
 )
 def test_no_budget_without_jemalloc_or_the_hosts_memory(tmp_path, extra):
     topo = build_topology(WORKERS, **HOSTS)
@@ -321,7 +322,7 @@ def test_no_budget_without_jemalloc_or_the_hosts_memory(tmp_path, extra):
 
 def test_the_share_is_a_role_variable(tmp_path):
     topo = build_topology([], **HOSTS)
-    files = deploy(tmp_path, topo, ansible_facts=FACTS, synapse_main_cache_memory_share=0.25)
+    files = deploy(tmp_path, topo, ansible_facts=FACTS, synapse_jemalloc=True, synapse_main_cache_memory_share=0.25)
     autotuning = yaml.safe_load(files["homeserver.yaml"].read_text())["caches"]["cache_autotuning"]
     assert autotuning["max_cache_memory_usage"] == "2048M"
 
@@ -329,7 +330,8 @@ def test_the_share_is_a_role_variable(tmp_path):
 def test_the_operators_caches_win(tmp_path):
     topo = build_topology([], **HOSTS)
     # Other cache settings are merged with the budget ...
-    files = deploy(tmp_path, topo, ansible_facts=FACTS, synapse_main_extra_config={"caches": {"global_factor": 2.0}})
+    files = deploy(tmp_path, topo, ansible_facts=FACTS, synapse_jemalloc=True,
+                   synapse_main_extra_config={"caches": {"global_factor": 2.0}})
     caches = yaml.safe_load(files["homeserver.yaml"].read_text())["caches"]
     assert caches["global_factor"] == 2.0
     assert caches["cache_autotuning"]["max_cache_memory_usage"] == "4096M"
@@ -338,7 +340,8 @@ def test_the_operators_caches_win(tmp_path):
     own = {"max_cache_memory_usage": "1G", "target_cache_memory_usage": "800M", "min_cache_ttl": "1m"}
     for value in (own, None):
         files = deploy(
-            tmp_path, topo, ansible_facts=FACTS, synapse_main_extra_config={"caches": {"cache_autotuning": value}}
+            tmp_path, topo, ansible_facts=FACTS, synapse_jemalloc=True,
+            synapse_main_extra_config={"caches": {"cache_autotuning": value}},
         )
         caches = yaml.safe_load(files["homeserver.yaml"].read_text())["caches"]
         assert caches == {"cache_autotuning": value}

@@ -162,15 +162,16 @@ def test_the_target_pulls_every_process_in_at_boot_and_stops_them(units):
 @pytest.mark.parametrize(
     ("extra", "preload"),
     [
-        ({}, "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"),
-        ({"ansible_facts": {"architecture": "aarch64"}}, "/usr/lib/aarch64-linux-gnu/libjemalloc.so.2"),
+        ({"synapse_jemalloc": True}, "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"),
+        ({"synapse_jemalloc": True, "ansible_facts": {"architecture": "aarch64"}}, "/usr/lib/aarch64-linux-gnu/libjemalloc.so.2"),
+        ({}, None),
         ({"synapse_jemalloc": False}, None),
         # Off, the architecture does not matter.
         ({"synapse_jemalloc": False, "ansible_facts": {}}, None),
     ],
-    ids=["amd64", "arm64", "off", "off-without-facts"],
+    ids=["amd64", "arm64", "off-by-default", "off", "off-without-facts"],
 )
-def test_every_process_runs_with_jemalloc_unless_turned_off(tmp_path, extra, preload):
+def test_every_process_runs_with_jemalloc_when_turned_on(tmp_path, extra, preload):
     unit_dir = render_units(tmp_path, **extra)
     for name in ("matrix-synapse.service", "matrix-synapse-worker@.service"):
         environment = parse(unit_dir / name)["Service"].get("Environment", [])
