@@ -38,8 +38,8 @@ options:
     version_added: 0.2.0
   force:
     description:
-      - When false, a file that already exists keeps its content (only its
-        owner, group and mode are put right): for a content written once,
+      - When false, a file that already exists keeps its content, and only
+        its owner, group and mode are put right. For a content written once,
         such as a generated secret.
     type: bool
     default: true
