@@ -39,7 +39,10 @@ def test_upgrade_installs_everywhere_then_imports_restart_for_what_is_due():
     derive, install, restart = load("upgrade.yml")
     assert derive["roles"] == [{"role": "polylith.synapse._deployment"}]
     assert install["hosts"] == "synapse_main:synapse_workers"
-    assert included(install) == [("polylith.synapse.synapse_main", "install.yml")]
+    # The install needs the architecture (jemalloc's path), checked on every host first.
+    assert install["gather_facts"] is True and install["any_errors_fatal"] is True
+    assert included(install) == [("polylith.synapse.synapse_main", "jemalloc_check.yml"),
+                                 ("polylith.synapse.synapse_main", "install.yml")]
     assert restart["ansible.builtin.import_playbook"] == "restart.yml"
     assert restart["vars"] == {"synapse_main_restart_all": False, "synapse_worker_restart_all": False}
 
