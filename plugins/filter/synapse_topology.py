@@ -74,9 +74,9 @@ def synapse_postgres_memory(deployment, host, memory_mib=None, max_connections=N
     return postgres_memory(deployment, host, memory_mib, max_connections)
 
 
-def synapse_cache_autotuning(deployment, host, memory_mib=None, share=None):
+def synapse_cache_autotuning(deployment, host, memory_mib=None, share=None, cores=None):
     """Each Synapse process's cache memory ceiling on a host; see synapse_cache_autotuning.yml."""
-    return cache_autotuning(deployment, host, memory_mib, share)
+    return cache_autotuning(deployment, host, memory_mib, share, cores)
 
 
 def synapse_signing_key_refusal(host, **state):

@@ -88,15 +88,19 @@ def cache_memory_share(deployment, host):
     return CACHE_SHARE_WITH_POSTGRES if postgres.get("host") == host else CACHE_SHARE_WITHOUT_POSTGRES
 
 
-def cache_autotuning(deployment, host, memory_mib, share=None):
+def cache_autotuning(deployment, host, memory_mib, share=None, cores=None):
     """Synapse's ``caches.cache_autotuning`` for each Synapse process on ``host``.
 
     ``memory_mib`` is the host's memory (the fact memtotal_mb); ``share`` the
     part of it all the host's Synapse processes may fill together (None: the
     default for the host, see cache_memory_share). Each process gets an equal
     part: the figure Synapse compares is jemalloc's allocated bytes of the
-    whole process. None when there is nothing to share out: the memory is
-    unknown or the host runs no Synapse process.
+    whole process. With ``cores`` (the fact processor_vcpus) the part is
+    counted for the most processes the host carries (PROCESSES_PER_CORE per
+    core) or the ones it runs, whichever is more: adding or removing a worker
+    within that leaves every process's ceiling, so nothing else restarts.
+    None when there is nothing to share out: the memory is unknown or the
+    host runs no Synapse process.
     """
     if share is None:
         share = cache_memory_share(deployment, host)
@@ -104,6 +108,8 @@ def cache_autotuning(deployment, host, memory_mib, share=None):
     processes = synapse_processes(deployment, host)
     if not memory_mib or not processes:
         return None
+    if cores:
+        processes = max(processes, PROCESSES_PER_CORE * int(cores))
     ceiling = int(int(memory_mib) * share / processes)
     if ceiling < 1:
         return None

@@ -152,7 +152,23 @@ def test_the_cache_filter_passes_its_options_through():
     topo = build_topology(preset="seed002", **ONE_HOST)
     autotune = FilterModule().filters()["synapse_cache_autotuning"]
     assert autotune(topo, "app1", memory_mib=8192, share=0.6) == cache_autotuning(topo, "app1", 8192, 0.6)
+    assert autotune(topo, "app1", memory_mib=8192, cores=8) == cache_autotuning(topo, "app1", 8192, None, 8)
     assert autotune(topo, "app1") is None
+
+
+def test_with_the_cores_known_an_added_worker_leaves_the_ceiling():
+    """Counted for two processes per core: a worker added within that changes no process's ceiling."""
+    one = build_topology([{"name": "sync", "types": ["synchrotron"]}], **ONE_HOST)
+    two = build_topology([{"name": "sync", "types": ["synchrotron"], "count": 2}], **ONE_HOST)
+    # 4 cores: counted as 8 processes whether 2 or 3 run.
+    assert cache_autotuning(one, "app1", 8192, share=0.5, cores=4) == cache_autotuning(two, "app1", 8192, share=0.5, cores=4)
+    assert cache_autotuning(one, "app1", 8192, share=0.5, cores=4)["max_cache_memory_usage"] == "512M"
+    # Without the cores each process's part follows the processes that run.
+    assert cache_autotuning(one, "app1", 8192, share=0.5)["max_cache_memory_usage"] == "2048M"
+    assert cache_autotuning(two, "app1", 8192, share=0.5)["max_cache_memory_usage"] == "1365M"
+    # More processes than two per core (warned about): counted as they run.
+    seed = build_topology(preset="seed002", **ONE_HOST)
+    assert cache_autotuning(seed, "app1", 8192, share=0.5, cores=2)["max_cache_memory_usage"] == "315M"
 
 
 # --- the role's task, as Ansible runs it -----------------------------------------
